@@ -52,7 +52,12 @@ class SeekConfig:
 
         for name in ("lr", "rho", "reward_threshold", "temperature"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or v != v
+                or v in (float("inf"), float("-inf"))
+            ):
                 bad(name, "expected a finite number")
         if self.lr <= 0:
             bad("lr", "expected > 0")
@@ -60,14 +65,21 @@ class SeekConfig:
             bad("rho", "expected 0 <= rho <= 1")
         if self.temperature <= 0:
             bad("temperature", "expected > 0")
-        for name, lo in (("max_steps", 0), ("max_new_tokens", 1), ("start_index", 0),
-                         ("max_update_length", 0), ("seed", 0)):
+        for name, lo in (
+            ("max_steps", 0),
+            ("max_new_tokens", 1),
+            ("start_index", 0),
+            ("max_update_length", 0),
+            ("seed", 0),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 bad(name, f"expected an integer >= {lo}")
         if self.grad_clip is not None and (
-            isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
-            or not self.grad_clip >= 0 or self.grad_clip == float("inf")
+            isinstance(self.grad_clip, bool)
+            or not isinstance(self.grad_clip, (int, float))
+            or not self.grad_clip >= 0
+            or self.grad_clip == float("inf")
         ):
             bad("grad_clip", "expected None or a finite number >= 0")
         if self.backend not in BACKENDS:
@@ -77,8 +89,10 @@ class SeekConfig:
         if self.mode not in MODES:
             bad("mode", f"allowed values are {MODES}")
         if self.latent_dtype == "model" and self.backend not in ("auto", "reference"):
-            bad("backend", "latent_dtype='model' reproduces the research code and needs backend "
-                "'reference' (or 'auto')")
+            bad(
+                "backend",
+                "latent_dtype='model' reproduces the research code and needs backend 'reference' (or 'auto')",
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

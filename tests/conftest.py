@@ -26,16 +26,32 @@ def tokenizer(smol):
     return smol[1]
 
 
-def make_tiny_model(arch: str = "llama", vocab_size: int = 49152, hidden: int = 64, layers: int = 2,
-                    seed: int = 0, tie: bool = True, dtype=torch.float32):
+def make_tiny_model(
+    arch: str = "llama",
+    vocab_size: int = 49152,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    tie: bool = True,
+    dtype=torch.float32,
+):
     """A random decoder-only model that shares the embedded tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    cfg = cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=4096, tie_word_embeddings=tie, bos_token_id=1,
-              eos_token_id=2, pad_token_id=2)
+    cfg = cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.eval()

@@ -1,0 +1,173 @@
+"""Latent steppers: one Adam step on the L latents, then their greedy re-decode.
+
+- ``ReferenceStepper``: autograd through the full ``[L, V]`` logits and ``torch.optim.Adam``,
+  the research code's way (its ``1e-8``/``1e-10`` epsilons included). With
+  ``latent_dtype="model"`` the parameter is kept in the model dtype, reproducing the research
+  code exactly; otherwise an fp32 master is optimised and cast to the model dtype for the head.
+- ``FusedStepper`` (``torch``/``triton``): ``latent_policy_grad`` yields the re-decoded tokens and
+  the *next* step's gradient direction in the same pass (before the reward is known; the
+  gradient is linear in it), and ``latent_adam_`` forms ``reward * direction`` inside the update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import decode as D
+from ._util import say_once
+from .config import SeekConfig
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why the triton backend cannot run here, or None when it can."""
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return f"triton cannot be imported ({exc})"
+    return None
+
+
+def resolve_backend(config: SeekConfig, device: torch.device) -> str:
+    """The concrete backend for ``config.backend`` on ``device``."""
+    if config.backend != "auto":
+        if config.backend == "triton":
+            why = triton_unavailable_reason()
+            if why is not None:
+                raise RuntimeError(f"backend='triton' is unavailable: {why}")
+        return config.backend
+    if config.latent_dtype == "model":
+        return "reference"
+    if device.type == "cuda":
+        why = triton_unavailable_reason()
+        if why is None:
+            return "triton"
+        say_once("auto-no-triton", f"latentseek_fast: backend 'auto' uses torch: {why}")
+    return "torch"
+
+
+def make_stepper(model, latents: torch.Tensor, config: SeekConfig, backend: str):
+    head = D.lm_head_of(model)
+    if backend == "reference":
+        return ReferenceStepper(head, latents, config, softcap=D.softcap_of(model))
+    return FusedStepper(head, latents, config, backend, softcap=D.softcap_of(model))
+
+
+class ReferenceStepper:
+    """Autograd through full logits + ``torch.optim.Adam`` (see the module docstring)."""
+
+    def __init__(self, head, latents: torch.Tensor, config: SeekConfig, softcap: float | None = None):
+        self.head = head
+        self.config = config
+        self.exact = config.latent_dtype == "model"
+        init = latents.detach().clone()
+        self.param = torch.nn.Parameter(init if self.exact else init.float())
+        self.optimizer = torch.optim.Adam([self.param], lr=config.lr)
+        # The research code ignores a soft-cap (it calls lm_head directly); the exact mode does too.
+        self.softcap = None if self.exact else softcap
+        self.steps = 0
+
+    def _logits(self) -> torch.Tensor:
+        z = self.param if self.exact else self.param.to(self.head.weight.dtype)
+        logits = self.head(z)
+        if not self.exact:
+            logits = logits.float()
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        if self.config.temperature != 1.0:
+            logits = logits / self.config.temperature
+        return logits
+
+    def _tokens(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        if self.config.mode == "greedy":
+            return torch.argmax(probs, dim=-1)
+        from .ops.latent_policy_grad import latent_policy_grad
+
+        z = self.param.detach().to(self.head.weight.dtype)
+        bias = self.head.bias.detach() if self.head.bias is not None else None
+        return latent_policy_grad(
+            z,
+            self.head.weight.detach(),
+            1.0,
+            bias=bias,
+            softcap=self.softcap,
+            temperature=self.config.temperature,
+            mode="sample",
+            seed=self.config.seed + self.steps,
+            backend="reference",
+            need_grad=False,
+        ).tokens
+
+    def step(self, reward: float, need_next: bool = True) -> list[int]:
+        self.optimizer.zero_grad()
+        logits = self._logits()
+        probs = torch.softmax(logits, dim=-1) + 1e-8
+        tokens = self._tokens(logits, probs)
+        logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
+        loss = -reward * logp.sum()
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        with torch.no_grad():
+            z = self.param if self.exact else self.param.to(self.head.weight.dtype)
+            return torch.argmax(self.head(z), dim=-1).tolist()
+
+
+class FusedStepper:
+    """``latent_policy_grad`` + ``latent_adam_`` (see the module docstring)."""
+
+    def __init__(
+        self, head, latents: torch.Tensor, config: SeekConfig, backend: str, softcap: float | None = None
+    ):
+        from .ops.latent_policy_grad import latent_policy_grad
+
+        self._lpg = latent_policy_grad
+        self.config = config
+        self.backend = backend
+        self.weight = head.weight.detach()
+        self.bias = head.bias.detach() if head.bias is not None else None
+        self.softcap = softcap
+        self.latents = latents.detach().to(self.weight.dtype).contiguous().clone()
+        self.master = self.latents.float() if self.latents.dtype != torch.float32 else None
+        self.exp_avg = torch.zeros(self.latents.shape, dtype=torch.float32, device=self.latents.device)
+        self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+        self.steps = 0
+        self.pending = self._evaluate(need_grad=True)
+
+    def _evaluate(self, need_grad: bool):
+        return self._lpg(
+            self.latents,
+            self.weight,
+            1.0,
+            bias=self.bias,
+            softcap=self.softcap,
+            temperature=self.config.temperature,
+            mode=self.config.mode,
+            seed=self.config.seed + self.steps,
+            backend=self.backend,
+            need_grad=need_grad,
+        )
+
+    def step(self, reward: float, need_next: bool = True) -> list[int]:
+        from .ops.latent_adam import latent_adam_
+
+        self.steps += 1
+        latent_adam_(
+            self.latents,
+            self.pending.grad,
+            reward,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.steps,
+            self.config.lr,
+            max_grad_norm=self.config.grad_clip or None,
+            master=self.master,
+        )
+        # One pass at the updated latents: the re-decoded tokens now, the next direction for later.
+        self.pending = self._evaluate(need_grad=need_next)
+        return self.pending.argmax.tolist()

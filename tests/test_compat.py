@@ -1,0 +1,111 @@
+"""The drop-in functions against our full-recompute re-implementation of the research code."""
+
+import pytest
+import torch
+
+from latentseek_fast import baseline, compat
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+
+
+class ScriptedRM:
+    """A research-style reward model: ``get_reward(question, solution)``, scripted values."""
+
+    def __init__(self, *values):
+        self.values, self.calls = list(values), 0
+
+    def get_reward(self, question, solution):
+        self.calls += 1
+        return self.values[min(self.calls - 1, len(self.values) - 1)]
+
+
+@pytest.fixture(scope="module")
+def prompt(tokenizer):
+    return tokenizer.apply_chat_template(
+        [
+            {"role": "system", "content": "Answer with a number in \\boxed{}."},
+            {"role": "user", "content": QUESTION},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def originals(smol, prompt):
+    model, tok = smol
+    return (
+        compat.original_generation(prompt, model, tok, "cpu"),
+        baseline.original_generation(prompt, model, tok, "cpu"),
+    )
+
+
+@pytest.mark.slow
+def test_original_generation_formats_and_parity(smol, prompt, originals):
+    model, tok = smol
+    (answer, states, ids), (b_answer, b_states, b_ids) = originals
+    assert answer == b_answer and torch.equal(ids, b_ids)
+    P = len(tok(prompt).input_ids)
+    assert answer.endswith("<|im_end|>")
+    assert ids.shape == (1, P + len(states) - 1)
+    assert all(s.shape == (1, model.config.hidden_size) for s in states)
+    for s, b in zip(states, b_states):
+        torch.testing.assert_close(s, b, rtol=1e-3, atol=2e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_index", [0, 2])
+def test_optimized_generation_matches_research_way(smol, prompt, originals, start_index):
+    model, tok = smol
+    answer, states, ids = originals[0]
+    kw = dict(start_index=start_index, max_num_steps=2, lr=0.05, max_new_tokens=16, k=0.3)
+    ours = compat.optimized_generation(
+        ScriptedRM(-1.0, -0.5, 0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+    )
+    ref = baseline.optimized_generation(
+        ScriptedRM(-1.0, -0.5, 0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+    )
+    assert ours == ref
+    assert ours[1] == [-1.0, -0.5, 0.0] and ours[2] == len(states) and ours[4] == int(0.3 * len(states))
+
+
+@pytest.mark.slow
+def test_fast_backend_gives_the_same_answer(smol, prompt, originals):
+    model, tok = smol
+    answer, states, ids = originals[0]
+    kw = dict(max_num_steps=2, lr=0.05, max_new_tokens=16, k=0.3)
+    ref = compat.optimized_generation(
+        ScriptedRM(-1.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+    )
+    saved = compat.configure()
+    try:
+        compat.configure(backend="torch", latent_dtype="fp32")
+        fast = compat.optimized_generation(
+            ScriptedRM(-1.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+        )
+    finally:
+        compat.configure(**saved)
+    assert fast == ref
+
+
+@pytest.mark.slow
+def test_early_exits(smol, prompt, originals):
+    model, tok = smol
+    answer, states, ids = originals[0]
+    # rho * T == 0: the original answer, the research code's (answer, [r0], T, 0, 0).
+    assert compat.optimized_generation(
+        ScriptedRM(-1.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, k=0.0
+    ) == (answer, [-1.0], len(states), 0, 0)
+    # Reward already above the threshold: no step, the original answer re-encoded for its length.
+    out = compat.optimized_generation(
+        ScriptedRM(0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids
+    )
+    assert out == (answer, [0.0], len(states), len(tok.encode(answer)), int(0.1 * len(states)))
+
+
+def test_configure_validates():
+    with pytest.raises(ValueError, match="backend"):
+        compat.configure(backend="nope")
+    with pytest.raises(ValueError, match="latent_dtype='model'"):
+        compat.configure(backend="torch", latent_dtype="model")
+    assert compat.configure() == {"backend": "reference", "latent_dtype": "model"}

@@ -1,0 +1,195 @@
+"""The seek loop: Algorithm 1's control flow, KV-cache reuse, backends and bad input."""
+
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from latentseek_fast import SeekConfig, seek
+from latentseek_fast import decode as D
+from latentseek_fast.rewards import RewardError
+
+PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+
+
+class Scripted:
+    """Returns the scripted rewards in order, remembering the answers it saw."""
+
+    def __init__(self, *values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, question, answer):
+        self.seen.append(answer)
+        return self.values[min(len(self.seen) - 1, len(self.values) - 1)]
+
+
+def _run(tiny, reward, **kw):
+    model, tok = tiny
+    kw = {"max_new_tokens": 12, "rho": 0.5, "lr": 0.5, "backend": "torch", **kw}
+    return seek(model, tok, "What is 2+3?", reward, prompt=PROMPT, **kw)
+
+
+def test_runs_k_steps_while_reward_is_low(tiny):
+    reward = Scripted(-1.0)
+    res = _run(tiny, reward, max_steps=3)
+    assert res.original_length == 12 and res.update_length == 6
+    assert res.iterations == 3 and len(res.rewards) == 4 and res.stopped == "max_steps"
+    assert set(res.timings) == {"generate", "latent", "decode", "reward"}
+    assert all(v >= 0 for v in res.timings.values())
+    assert res.answer == reward.seen[-1] and res.original_answer == reward.seen[0]
+    assert len(res.answer_ids) == res.final_length
+
+
+def test_threshold_stops_and_returns_latest_answer(tiny):
+    reward = Scripted(-1.0, -0.1)
+    res = _run(tiny, reward, max_steps=5)
+    assert res.rewards == [-1.0, -0.1] and res.iterations == 1 and res.stopped == "threshold"
+    assert res.answer == reward.seen[1]
+    high = _run(tiny, Scripted(0.0), max_steps=5)
+    assert high.iterations == 0 and high.answer == high.original_answer
+
+
+def test_zero_update_length_returns_original(tiny):
+    res = _run(tiny, Scripted(-1.0), rho=0.05)  # int(0.05 * 12) == 0
+    assert res.update_length == 0 and res.iterations == 0 and res.stopped == "no_update"
+    assert res.answer == res.original_answer
+
+
+def test_iteration_feeds_only_new_tokens(tiny):
+    """After the original generation the prompt is never re-run: each iteration feeds L + continuation."""
+    model, tok = tiny
+    fed = []
+    handle = model.model.register_forward_pre_hook(
+        lambda m, a, k: fed.append(k["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        res = _run(tiny, Scripted(-1.0), max_steps=2)
+    finally:
+        handle.remove()
+    P = len(tok(PROMPT).input_ids)
+    T, L = res.original_length, res.update_length
+    assert fed[0] == P and fed[1:T] == [1] * (T - 1)
+    cont = 12  # max_new_tokens: the random model never emits a stop token here
+    per_iter = fed[T:]
+    assert (
+        len(per_iter) == 2 * cont
+    )  # L tokens in one call, then one call per continuation token but the last
+    assert per_iter[0] == L and per_iter[1:cont] == [1] * (cont - 1) and per_iter[cont] == L
+
+
+def test_start_index_keeps_prefix(tiny):
+    reward = Scripted(-1.0)
+    res = _run(tiny, reward, max_steps=2, start_index=3)
+    assert res.answer_ids[:3] == res.original_ids[:3]
+    with pytest.raises(ValueError, match="start_index=20"):
+        _run(tiny, Scripted(-1.0), start_index=20)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_backends_match_reference_on_tiny_model(tiny, backend):
+    ref = _run(tiny, Scripted(-1.0), max_steps=3, backend="reference")
+    fast = _run(tiny, Scripted(-1.0), max_steps=3, backend=backend)
+    assert fast.answer_ids == ref.answer_ids and fast.backend == backend
+
+
+def test_model_dtype_latents_reproduce_research_rounding(tokenizer):
+    model = make_tiny_model(dtype=torch.bfloat16)
+    res = seek(
+        model,
+        tokenizer,
+        "q",
+        Scripted(-1.0),
+        prompt=PROMPT,
+        max_new_tokens=8,
+        rho=0.5,
+        max_steps=2,
+        latent_dtype="model",
+    )
+    assert res.backend == "reference" and res.iterations == 2
+    fused = seek(
+        model,
+        tokenizer,
+        "q",
+        Scripted(-1.0),
+        prompt=PROMPT,
+        max_new_tokens=8,
+        rho=0.5,
+        max_steps=2,
+        backend="torch",
+    )
+    assert fused.iterations == 2 and len(fused.answer_ids) == len(res.answer_ids)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None, "abc", math.inf])
+def test_bad_reward_value_is_named(tiny, bad):
+    with pytest.raises(RewardError, match=repr(bad) if isinstance(bad, str) else str(bad)):
+        _run(tiny, lambda q, a: bad)
+
+
+@pytest.mark.parametrize("question", ["", "   ", None])
+def test_empty_problem(tiny, question):
+    with pytest.raises(ValueError, match="problem="):
+        seek(tiny[0], tiny[1], question, Scripted(0.0), prompt=PROMPT)
+
+
+def test_model_without_lm_head(tiny):
+    with pytest.raises(ValueError, match="LM head"):
+        seek(tiny[0].model, tiny[1], "q", Scripted(0.0), prompt=PROMPT)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("lr", -1.0),
+        ("rho", 2.0),
+        ("backend", "cuda"),
+        ("mode", "beam"),
+        ("max_steps", -1),
+        ("temperature", 0.0),
+        ("grad_clip", -1.0),
+    ],
+)
+def test_config_errors_name_the_value(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        SeekConfig(**{field: value})
+
+
+def test_tokenizer_without_chat_template_falls_back(tiny):
+    model, tok = tiny
+    saved = tok.chat_template
+    tok.chat_template = None
+    try:
+        with pytest.warns(UserWarning, match="chat template"):
+            res = seek(model, tok, "What is 2+3?", Scripted(0.0), max_new_tokens=4)
+    finally:
+        tok.chat_template = saved
+    assert res.original_length == 4
+
+
+@pytest.mark.slow
+def test_seek_on_the_embedded_model(smol):
+    """A short end-to-end seek on the real model: greedy answers identical across backends."""
+    model, tok = smol
+    question = "A box has 4 red balls and 5 blue balls. How many balls are in the box?"
+    results = {}
+    for backend in ("reference", "torch"):
+        results[backend] = seek(
+            model,
+            tok,
+            question,
+            Scripted(-1.0),
+            max_new_tokens=48,
+            rho=0.2,
+            lr=0.05,
+            max_steps=2,
+            backend=backend,
+        )
+    ref, fast = results["reference"], results["torch"]
+    assert (
+        ref.original_ids == fast.original_ids
+        and ref.original_answer.endswith(tok.eos_token)
+        or ref.original_length == 48
+    )
+    assert ref.answer_ids == fast.answer_ids and ref.iterations == 2
+    assert D.lm_head_of(model) is model.lm_head
