@@ -1,0 +1,264 @@
+"""Loading evaluation problems: GSM8K, MATH-500 and AIME 2024, from the files they ship as.
+
+Formats: JSON lines, JSON (a list of rows, a ``{"data": [...]}``-style wrapper, or columns),
+Parquet, Arrow files and ``datasets.save_to_disk`` folders (``state.json`` + ``data-*.arrow``
+in Arrow streaming format, or a ``DatasetDict`` folder with ``dataset_dict.json`` and one
+sub-folder per split). Folders are read with pyarrow only; the ``datasets`` package is not needed.
+
+Field names per data set (LATENTSEEK.md section 4): GSM8K ``question``/``answer`` (gold = the
+text after ``####``), MATH-500 ``problem``/``answer``, AIME 2024 ``Problem``/``Answer``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .answers import DATASETS, check_dataset, gsm8k_gold
+
+__all__ = ["DATASETS", "DEFAULT_FIELDS", "Problem", "detect_dataset", "load_problems", "read_rows"]
+
+# dataset -> (question field, answer field)
+DEFAULT_FIELDS = {
+    "gsm8k": ("question", "answer"),
+    "math500": ("problem", "answer"),
+    "aime": ("Problem", "Answer"),
+}
+_ID_FIELDS = ("id", "ID", "unique_id", "idx", "problem_id")
+_FILENAME_HINTS = (("gsm8k", "gsm8k"), ("gsm", "gsm8k"), ("aime", "aime"), ("math", "math500"))
+_WRAPPER_KEYS = ("data", "rows", "examples", "problems", "test", "train", "instances", "items")
+
+
+@dataclass
+class Problem:
+    """One evaluation problem. ``gold`` is the normalised ground truth (None when unknown);
+    ``meta`` keeps the row's other fields (e.g. ``solution``, ``level``, ``subject``)."""
+
+    id: str
+    question: str
+    gold: str | None
+    dataset: str
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- raw rows
+
+
+def _read_arrow_file(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    try:  # datasets writes the streaming format
+        with pa.memory_map(str(path)) as src:
+            return pa.ipc.open_stream(src).read_all().to_pylist()
+    except pa.ArrowInvalid:
+        with pa.memory_map(str(path)) as src:
+            return pa.ipc.open_file(src).read_all().to_pylist()
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pylist()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from e
+    return rows
+
+
+def _rows_from_json_value(value, path: Path) -> list[dict]:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(value.get(key), list):
+                return value[key]
+        lists = {k: v for k, v in value.items() if isinstance(v, list)}
+        if len(lists) == 1:
+            return next(iter(lists.values()))
+        if lists and len(lists) == len(value) and len({len(v) for v in lists.values()}) == 1:
+            # column layout: {"question": [...], "answer": [...]}
+            names = list(lists)
+            return [dict(zip(names, vals)) for vals in zip(*lists.values())]
+        if len(value) == 1 and isinstance(next(iter(value.values())), dict):
+            return _rows_from_json_value(next(iter(value.values())), path)
+    raise ValueError(f"{path}: expected a JSON list of rows or an object such as {{\"data\": [...]}}, "
+                     f"got {type(value).__name__}"
+                     + (f" with keys {sorted(value)[:10]}" if isinstance(value, dict) else ""))
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl(path)  # a .json file holding JSON lines
+    return _rows_from_json_value(value, path)
+
+
+def _read_folder(path: Path, split: str | None) -> list[dict]:
+    dict_file = path / "dataset_dict.json"
+    if dict_file.is_file():  # DatasetDict.save_to_disk: one folder per split
+        splits = json.loads(dict_file.read_text()).get("splits") or sorted(
+            p.name for p in path.iterdir() if p.is_dir())
+        if split is None:
+            split = "test" if "test" in splits else (splits[0] if len(splits) == 1 else None)
+        if split is None or split not in splits:
+            asked = f"no split {split!r}: " if split is not None else ""
+            raise ValueError(f"{path}: {asked}it holds the splits {splits}; choose one with split= "
+                             f"or pass the split folder, e.g. {path / splits[0]}")
+        return _read_folder(path / split, None)
+    state = path / "state.json"
+    if state.is_file():
+        files = [d["filename"] for d in json.loads(state.read_text()).get("_data_files", [])]
+        paths = [path / f for f in files] or sorted(path.glob("data-*.arrow"))
+    else:
+        paths = sorted(path.glob("*.arrow")) or sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))
+    if not paths:
+        present = sorted(p.name for p in path.iterdir())[:20]
+        raise ValueError(f"{path}: no state.json, dataset_dict.json or data files (*.arrow, *.parquet, "
+                         f"*.jsonl) found; it contains {present}")
+    rows: list[dict] = []
+    for p in paths:
+        rows.extend(_read_file(p))
+    return rows
+
+
+def _read_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path)
+    if suffix == ".arrow":
+        return _read_arrow_file(path)
+    raise ValueError(f"{path}: unknown file type {suffix!r}; expected .jsonl, .json, .parquet, .arrow "
+                     "or a datasets.save_to_disk folder")
+
+
+def read_rows(path, split: str | None = None) -> list[dict]:
+    """The raw rows (dicts) of a data file or ``save_to_disk`` folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no data file or folder at {path}")
+    rows = _read_folder(path, split) if path.is_dir() else _read_file(path)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {i} is a {type(row).__name__}, expected an object with fields")
+    return rows
+
+
+# ---------------------------------------------------------------------------- problems
+
+
+def _field_names(rows: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for row in rows[:100]:
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def _resolve(name: str, present: list[str]) -> str | None:
+    """``name`` if present, else its unique case-insensitive match."""
+    if name in present:
+        return name
+    matches = [p for p in present if p.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def detect_dataset(fields: list[str], path=None) -> str:
+    """Which data set the rows belong to, from their field names and the file name."""
+    hint = None
+    if path is not None:
+        name = Path(path).name.lower()
+        hint = next((ds for key, ds in _FILENAME_HINTS if key in name), None)
+    if hint is not None and all(_resolve(f, fields) for f in DEFAULT_FIELDS[hint]):
+        return hint
+    if "Problem" in fields and _resolve("Answer", fields):
+        return "aime"
+    if _resolve("question", fields) and _resolve("answer", fields):
+        return "gsm8k"
+    if _resolve("problem", fields) and _resolve("answer", fields):
+        return "math500"
+    if hint is not None:
+        return hint
+    raise ValueError(f"cannot tell the data set from the fields {fields}"
+                     + (f" or the file name {Path(path).name!r}" if path is not None else "")
+                     + f"; pass dataset= (one of {DATASETS}) and, if needed, question_field=/answer_field=")
+
+
+def _gold(value, dataset: str) -> str | None:
+    if value is None:
+        return None
+    if dataset == "gsm8k":
+        return gsm8k_gold(str(value))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if dataset == "aime" and re.fullmatch(r"0*\d+", text):
+        text = str(int(text))
+    return text
+
+
+def load_problems(path, dataset: str | None = None, question_field: str | None = None,
+                  answer_field: str | None = None, split: str | None = None) -> list[Problem]:
+    """Read ``path`` (JSONL, JSON, Parquet, Arrow or a ``save_to_disk`` folder) into Problems.
+
+    ``dataset`` is one of DATASETS, or None to detect it from the fields and the file name.
+    ``question_field``/``answer_field`` override the data set's field names; a field that the
+    rows lack raises a ValueError naming it and the fields present. ``split`` picks a split of a
+    ``DatasetDict`` folder (default ``test``).
+    """
+    rows = read_rows(path, split)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    fields = _field_names(rows)
+    if dataset is None:
+        dataset = detect_dataset(fields, path)
+    check_dataset(dataset)
+    default_q, default_a = DEFAULT_FIELDS[dataset]
+
+    def pick(given: str | None, default: str, what: str) -> str:
+        name = _resolve(given if given is not None else default, fields)
+        if name is None:
+            wanted = given if given is not None else default
+            how = "" if given is not None else f" (the {dataset} default; pass {what}= to choose another)"
+            raise ValueError(f"{path}: no field {wanted!r}{how}; fields present: {fields}")
+        return name
+
+    q_name = pick(question_field, default_q, "question_field")
+    a_name = pick(answer_field, default_a, "answer_field")
+    id_name = next((f for f in _ID_FIELDS if f in fields and f not in (q_name, a_name)), None)
+
+    problems = []
+    for i, row in enumerate(rows):
+        for name in (q_name, a_name):
+            if name not in row:
+                raise ValueError(f"{path}: row {i} has no field {name!r}; its fields: {list(row)}")
+        question = row[q_name]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{path}: row {i} field {q_name!r} = {question!r}: expected non-empty text")
+        meta = {k: v for k, v in row.items() if k not in (q_name, a_name)}
+        if dataset == "gsm8k" and row[a_name] is not None:
+            meta["solution"] = row[a_name]
+        pid = row.get(id_name) if id_name else None
+        problems.append(Problem(
+            id=str(pid) if pid is not None else f"{dataset}-{i}",
+            question=question,
+            gold=_gold(row[a_name], dataset),
+            dataset=dataset,
+            meta=meta,
+        ))
+    return problems

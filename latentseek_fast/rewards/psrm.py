@@ -1,0 +1,25 @@
+"""PSRM, the perfect sparse reward model: 0 for a correct final answer, -1 otherwise."""
+
+from __future__ import annotations
+
+from ..answers import check_dataset, check_style, extract_answer, is_correct
+from .base import Reward
+
+
+class PSRM(Reward):
+    """Compares the answer extracted from the reply (``style`` rule) with the ground truth."""
+
+    def __init__(self, gold: str, dataset: str = "gsm8k", style: str = "boxed"):
+        if gold is None or not str(gold).strip():
+            raise ValueError(f"PSRM gold={gold!r}: expected a non-empty ground-truth answer")
+        self.gold = str(gold).strip()
+        self.dataset = check_dataset(dataset)
+        self.style = check_style(style)
+        self.last_prediction: str | None = None
+
+    def compute(self, question: str, answer: str) -> float:
+        self.last_prediction = extract_answer(answer, self.dataset, self.style)
+        return 0.0 if is_correct(self.last_prediction, self.gold, self.dataset) else -1.0
+
+    def __repr__(self) -> str:
+        return f"PSRM(gold={self.gold!r}, dataset={self.dataset!r}, style={self.style!r})"

@@ -1,0 +1,141 @@
+"""Self-reward: the solver model grades its own answer with four verifier prompts.
+
+Verifiers (weights in brackets; LATENTSEEK.md section 3; the wording is ours):
+``calculation`` (2) re-does every calculation, ``answer`` (1) judges the final answer,
+``completeness`` (2) checks that a complete, explicit final answer is given, ``understanding`` (1)
+checks that the question asked is the one answered. Each reply must end with ``Verdict:`` and
+True or False; the reward is ``-(sum of the rejecting verifiers' weights) / 6``, and with
+``format_rule`` an answer without ``\\boxed{...}`` loses 2 more before the division.
+
+The four replies are generated greedily in one left-padded batch (``generate.py``), which in fp32
+gives the same tokens as running them one by one; ``batched=False`` runs them one by one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..answers import last_boxed
+from ..prompts import render_chat
+from . import generate as _generate
+from .base import Reward
+
+VERDICT_MARKER = "Verdict:"
+TOTAL_WEIGHT = 6
+FORMAT_PENALTY = 2
+
+_SYSTEM = ("You are a strict grader of math solutions. Check the solution as instructed, explain "
+           "your check briefly, and end your reply with a last line that reads exactly "
+           f"'{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'.")
+
+# name -> (weight, instruction)
+VERIFIERS: dict[str, tuple[int, str]] = {
+    "calculation": (2, "Go through the solution and redo each calculation it makes yourself, one by "
+                       "one. Are all of its calculations arithmetically right?"),
+    "answer": (1, "Work out whether the final answer that the solution gives is the correct answer "
+                  "to the question. Is the final answer correct?"),
+    "completeness": (2, "Look at how the solution ends. Does it finish with one complete, explicitly "
+                        "stated final answer (not an unfinished calculation, a range of guesses, or "
+                        "no answer at all)?"),
+    "understanding": (1, "Read the question carefully. Does the solution understand what is asked and "
+                         "answer that exact question, rather than a different one?"),
+}
+
+# Trailing stop/special tokens a decoded answer may end with.
+_TRAILING_SPECIAL = re.compile(r"(?:\s*(?:<\|[^|<>\s]{1,40}\|>|</s>|<eos>|<end_of_turn>))+\s*$")
+
+
+def parse_verdict(reply: str, marker: str = VERDICT_MARKER) -> bool:
+    """True when the text after the LAST ``marker`` approves (case-insensitive, ``*`` removed):
+    contains "true" -> approve; else contains "false" -> reject; anything else (an empty verdict, "yes",
+    no marker at all) -> reject. This is the research code's rule: its first-word fallback only
+    looks for "true"/"false" again, so it can never change the outcome."""
+    text = reply.replace("*", "").lower()
+    pos = text.rfind(marker.replace("*", "").lower())
+    if pos < 0:
+        return False
+    after = text[pos + len(marker):]
+    if "true" in after:
+        return True
+    if "false" in after:
+        return False
+    return False
+
+
+def strip_trailing_special(text: str, tokenizer=None) -> str:
+    """``text`` without the stop/special tokens (and whitespace) at its end."""
+    specials = [t for t in (getattr(tokenizer, "all_special_tokens", None) or []) if t]
+    changed = True
+    while changed:
+        changed = False
+        text = _TRAILING_SPECIAL.sub("", text).rstrip()
+        for tok in specials:
+            if text.endswith(tok):
+                text = text[: -len(tok)].rstrip()
+                changed = True
+    return text
+
+
+def has_boxed(answer: str) -> bool:
+    """Whether ``answer`` contains a ``\\boxed{...}`` with balanced braces."""
+    return re.search(r"\\boxed\s*\{", answer) is not None and last_boxed(answer) is not None
+
+
+class SelfReward(Reward):
+    """The model as its own verifier. ``verdicts()`` gives the per-verifier verdicts; the last
+    prompts, replies and verdicts are kept in ``last_prompts``/``last_replies``/``last_verdicts``."""
+
+    def __init__(self, model, tokenizer, *, format_rule: bool = False, max_new_tokens: int = 4096,
+                 batched: bool = True):
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.format_rule = bool(format_rule)
+        self.max_new_tokens = max_new_tokens
+        self.batched = bool(batched)
+        self.last_prompts: dict[str, str] = {}
+        self.last_replies: dict[str, str] = {}
+        self.last_verdicts: dict[str, bool] = {}
+
+    def verifier_prompts(self, question: str, answer: str) -> dict[str, str]:
+        solution = strip_trailing_special(answer, self.tokenizer)
+        prompts = {}
+        for name, (_, instruction) in VERIFIERS.items():
+            user = (f"Question:\n{question.strip()}\n\nSolution:\n{solution}\n\n{instruction}\n"
+                    f"Finish with '{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'.")
+            prompts[name] = render_chat(self.tokenizer, _SYSTEM, user)
+        return prompts
+
+    def generate_replies(self, prompts: list[str]) -> list[str]:
+        """Greedy replies to ``prompts`` (decoded without special tokens)."""
+        gen = _generate.greedy_generate_batch
+        if self.batched:
+            ids = gen(self.model, self.tokenizer, prompts, self.max_new_tokens)
+        else:
+            ids = [gen(self.model, self.tokenizer, [p], self.max_new_tokens)[0] for p in prompts]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+
+    def verdicts(self, question: str, answer: str) -> dict[str, bool]:
+        """Each verifier's verdict (True = approves) on ``answer``."""
+        prompts = self.verifier_prompts(question, answer)
+        replies = self.generate_replies(list(prompts.values()))
+        if len(replies) != len(prompts):
+            raise RuntimeError(f"expected {len(prompts)} verifier replies, got {len(replies)}")
+        self.last_prompts = prompts
+        self.last_replies = dict(zip(prompts, replies))
+        self.last_verdicts = {name: parse_verdict(reply) for name, reply in self.last_replies.items()}
+        return dict(self.last_verdicts)
+
+    def score_verdicts(self, verdicts: dict[str, bool], answer: str) -> float:
+        penalty = sum(VERIFIERS[name][0] for name, ok in verdicts.items() if not ok)
+        if self.format_rule and not has_boxed(answer):
+            penalty += FORMAT_PENALTY
+        return -penalty / TOTAL_WEIGHT
+
+    def compute(self, question: str, answer: str) -> float:
+        return self.score_verdicts(self.verdicts(question, answer), answer)
+
+    def __repr__(self) -> str:
+        return (f"SelfReward(model={type(self.model).__name__}, format_rule={self.format_rule}, "
+                f"max_new_tokens={self.max_new_tokens}, batched={self.batched})")

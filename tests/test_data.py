@@ -1,0 +1,159 @@
+"""Problem loaders: JSONL, JSON, Parquet and datasets.save_to_disk folders built with pyarrow."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentseek_fast.data import DATASETS, Problem, load_problems
+from latentseek_fast.demo import demo_problems, get_demo
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k_test.jsonl"
+
+GSM_ROWS = [
+    {"question": "Ann has 2 cats and gets 3 more. How many cats?", "answer": "2 + 3 = 5\n#### 5"},
+    {"question": "A farm sells 1,200 eggs twice. How many eggs?", "answer": "2 * 1200 = 2400\n#### 2,400"},
+]
+MATH_ROWS = [
+    {"problem": "What is $1/2 + 1/4$?", "solution": "...", "answer": "\\frac{3}{4}", "subject": "Algebra",
+     "level": 1, "unique_id": "test/algebra/1.json"},
+    {"problem": "Compute $2^3$.", "solution": "...", "answer": "8", "subject": "Algebra", "level": 1,
+     "unique_id": "test/algebra/2.json"},
+]
+AIME_ROWS = [
+    {"ID": "2024-I-1", "Problem": "Find the remainder ...", "Solution": "...", "Answer": 33},
+    {"ID": "2024-I-2", "Problem": "How many ...", "Solution": "...", "Answer": 25},
+]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _save_to_disk_layout(folder: Path, rows, split="test", shards=1):
+    """The folder ``datasets.Dataset.save_to_disk`` writes: Arrow *stream* shards plus JSON state."""
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows)
+    per = -(-len(rows) // shards)
+    names = []
+    for k in range(shards):
+        name = f"data-{k:05d}-of-{shards:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table.slice(k * per, per))
+        names.append(name)
+    (folder / "dataset_info.json").write_text(json.dumps({
+        "citation": "", "description": "", "homepage": "", "license": "",
+        "features": {f.name: {"dtype": str(f.type), "_type": "Value"} for f in table.schema},
+    }))
+    (folder / "state.json").write_text(json.dumps({
+        "_data_files": [{"filename": n} for n in names], "_fingerprint": "0123456789abcdef",
+        "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+        "_output_all_columns": False, "_split": split,
+    }))
+    return folder
+
+
+def _check_gsm(problems):
+    assert [p.gold for p in problems] == ["5", "2400"]
+    assert all(isinstance(p, Problem) and p.dataset == "gsm8k" for p in problems)
+    assert problems[0].question.startswith("Ann has 2 cats")
+    assert problems[1].meta["solution"].endswith("#### 2,400")
+    assert problems[0].id == "gsm8k-0"
+
+
+def test_jsonl_autodetects_gsm8k(tmp_path):
+    _check_gsm(load_problems(_write_jsonl(tmp_path / "rows.jsonl", GSM_ROWS)))
+
+
+@pytest.mark.parametrize("layout", ["list", "data", "columns"])
+def test_json_layouts(tmp_path, layout):
+    value = {"list": GSM_ROWS, "data": {"data": GSM_ROWS, "version": 1},
+             "columns": {k: [r[k] for r in GSM_ROWS] for k in GSM_ROWS[0]}}[layout]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(value))
+    _check_gsm(load_problems(path))
+
+
+def test_parquet_aime(tmp_path):
+    path = tmp_path / "aime_2024.parquet"
+    pq.write_table(pa.Table.from_pylist(AIME_ROWS), str(path))
+    problems = load_problems(path)
+    assert [(p.id, p.gold, p.dataset) for p in problems] == [("2024-I-1", "33", "aime"),
+                                                              ("2024-I-2", "25", "aime")]
+    assert problems[0].meta["Solution"] == "..."
+
+
+def test_math500_jsonl(tmp_path):
+    problems = load_problems(_write_jsonl(tmp_path / "test.jsonl", MATH_ROWS))
+    assert [p.dataset for p in problems] == ["math500"] * 2
+    assert [p.gold for p in problems] == ["\\frac{3}{4}", "8"]
+    assert problems[0].id == "test/algebra/1.json" and problems[0].meta["level"] == 1
+
+
+def test_save_to_disk_folder(tmp_path):
+    folder = _save_to_disk_layout(tmp_path / "gsm8k_saved", GSM_ROWS * 3, shards=2)
+    problems = load_problems(folder)
+    assert len(problems) == 6
+    assert [p.gold for p in problems] == ["5", "2400"] * 3
+
+
+def test_save_to_disk_dataset_dict(tmp_path):
+    root = tmp_path / "math_dict"
+    _save_to_disk_layout(root / "train", MATH_ROWS[:1], split="train")
+    _save_to_disk_layout(root / "test", MATH_ROWS, split="test")
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    assert len(load_problems(root)) == 2  # test split by default
+    assert len(load_problems(root, split="train")) == 1
+    with pytest.raises(ValueError, match="validation"):
+        load_problems(root, split="validation")
+
+
+def test_explicit_dataset_and_fields(tmp_path):
+    rows = [{"q": "What is 2 + 2?", "a": "4", "extra": 1}]
+    path = _write_jsonl(tmp_path / "custom.jsonl", rows)
+    (p,) = load_problems(path, dataset="gsm8k", question_field="q", answer_field="a")
+    assert (p.question, p.gold, p.meta) == ("What is 2 + 2?", "4", {"extra": 1, "solution": "4"})
+
+
+def test_field_errors_name_the_field_and_the_fields_present(tmp_path):
+    path = _write_jsonl(tmp_path / "gsm8k_rows.jsonl", GSM_ROWS)
+    with pytest.raises(ValueError, match=r"'prompt'.*fields present: \['question', 'answer'\]"):
+        load_problems(path, question_field="prompt")
+    with pytest.raises(ValueError, match=r"'Problem'.*fields present"):
+        load_problems(path, dataset="aime")
+    odd = _write_jsonl(tmp_path / "odd.jsonl", [{"text": "x", "label": 1}])
+    with pytest.raises(ValueError, match=r"cannot tell the data set.*'text'"):
+        load_problems(odd)
+    with pytest.raises(ValueError, match="gsm9k"):
+        load_problems(path, dataset="gsm9k")
+    with pytest.raises(FileNotFoundError):
+        load_problems(tmp_path / "missing.jsonl")
+
+
+def test_datasets_constant():
+    assert DATASETS == ("gsm8k", "math500", "aime")
+
+
+def test_demo_problems():
+    demos = demo_problems()
+    assert 5 <= len(demos) <= 8
+    assert all(p.dataset == "gsm8k" and p.gold.isdigit() and len(p.question) < 120 for p in demos)
+    assert len({p.id for p in demos}) == len(demos)
+    assert get_demo(0) == demos[0] and get_demo(-1) == demos[-1] and get_demo("1") == demos[1]
+    assert get_demo(demos[2].id) == demos[2]
+    with pytest.raises(ValueError, match="nope"):
+        get_demo("nope")
+    with pytest.raises(ValueError):
+        get_demo(len(demos))
+
+
+@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K test file not in ../shared/data")
+def test_real_gsm8k_test_set():
+    problems = load_problems(GSM8K_TEST)
+    assert len(problems) == 1319 and {p.dataset for p in problems} == {"gsm8k"}
+    assert all(int(p.gold) == float(p.gold) for p in problems)
+    assert sum("," in p.meta["solution"].rsplit("####", 1)[1] for p in problems) == 14

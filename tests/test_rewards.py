@@ -1,0 +1,310 @@
+"""Rewards: value validation, PSRM, self-reward verdicts and arithmetic, batched greedy generation."""
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from latentseek_fast.rewards import PSRM, Reward, RewardError, SelfReward, as_reward
+from latentseek_fast.rewards import generate as G
+from latentseek_fast.rewards.self_reward import VERDICT_MARKER, VERIFIERS, parse_verdict
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -math.inf, None, "abc", "0.5", True,
+                                   np.bool_(False), torch.tensor([0.0, 1.0]), torch.tensor(True),
+                                   [0.0], object()])
+def test_bad_reward_values_raise_naming_value_and_object(value):
+    def my_reward(q, a):
+        return value
+
+    with pytest.raises(RewardError, match="my_reward") as info:
+        as_reward(my_reward)("q", "a")
+    assert repr(value)[:20] in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.5, np.float32(-0.25), np.int64(-1), np.array(-0.5),
+                                   torch.tensor(-0.5), torch.tensor(-1, dtype=torch.int64)])
+def test_numbers_come_back_as_python_float(value):
+    out = as_reward(lambda q, a: value)("q", "a")
+    assert type(out) is float and out == float(value)
+
+
+def test_as_reward_accepts_get_reward_objects_and_rewards():
+    class ResearchStyle:
+        def get_reward(self, question, solution):
+            return -1 if "wrong" in solution else np.float64(0.0)
+
+    r = as_reward(ResearchStyle())
+    assert isinstance(r, Reward) and r("q", "wrong") == -1.0 and r.get_reward("q", "ok") == 0.0
+
+    class Bad:
+        def get_reward(self, question, solution):
+            return float("nan")
+
+    with pytest.raises(RewardError, match="Bad"):
+        as_reward(Bad())("q", "a")
+
+    class Mine(Reward):
+        def compute(self, question, answer):
+            return len(answer)
+
+    mine = Mine()
+    assert as_reward(mine) is mine and mine.get_reward("q", "abc") == 3.0
+    with pytest.raises(TypeError, match="get_reward"):
+        as_reward(42)
+
+
+# ---------------------------------------------------------------------------- PSRM
+
+
+def test_psrm():
+    r = PSRM("1450")
+    assert r("q", r"So \boxed{1,450}.<|im_end|>") == 0.0
+    assert r("q", r"So \boxed{1,451}.") == -1.0
+    assert r("q", "no answer at all") == -1.0
+    assert PSRM("18", style="json")("q", '{"thought process": "9*2", "final answer": "18"}') == 0.0
+    assert PSRM(r"\frac{1}{2}", dataset="math500")("q", r"\boxed{0.5}") == 0.0
+    assert PSRM("33", dataset="aime").get_reward("q", r"\boxed{033}") == 0.0
+    assert type(r("q", r"\boxed{1450}")) is float
+    with pytest.raises(ValueError, match="gsm9k"):
+        PSRM("1", dataset="gsm9k")
+    with pytest.raises(ValueError, match="gold"):
+        PSRM(None)
+
+
+# ---------------------------------------------------------------------------- self-reward
+
+
+@pytest.mark.parametrize("reply, approved", [
+    ("All steps check out.\nVerdict: True", True),
+    ("Verdict: False", False),
+    ("**Verdict:** **True**", True),
+    ("verdict: TRUE.", True),
+    ("VERDICT: false", False),
+    ("Verdict: True at first... on second thought, Verdict: False", False),
+    ("Verdict: False. Wait, recomputing: Verdict: True", True),
+    ("Verdict: yes", False),  # only "true"/"false" count, as in the research code
+    ("Verdict: Correct, all good", False),
+    ("Verdict: no", False),
+    ("Verdict: maybe", False),
+    ("Verdict:", False),
+    ("The answer is True", False),  # no marker
+    ("", False),
+])
+def test_parse_verdict(reply, approved):
+    assert parse_verdict(reply) is approved
+
+
+class FakeTokenizer:
+    """Chat-template and decode stubs; ``decode([i])`` returns the i-th scripted reply."""
+
+    chat_template = "stub"
+    all_special_tokens = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+
+    def __init__(self, replies):
+        self.replies = replies
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.replies[ids[0]]
+
+
+NAMES = list(VERIFIERS)  # calculation, answer, completeness, understanding
+
+
+def _scripted(monkeypatch, verdicts: dict[str, bool]):
+    """A SelfReward whose generator returns 'Verdict: True/False' per verifier, recording calls."""
+    replies = [f"checked.\n{VERDICT_MARKER} {verdicts[n]}" for n in NAMES]
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens):
+        calls.append((list(prompts), max_new_tokens))
+        return [[NAMES.index(next(n for n in NAMES if VERIFIERS[n][1] in p))] for p in prompts]
+
+    monkeypatch.setattr(G, "greedy_generate_batch", fake_generate)
+    return FakeTokenizer(replies), calls
+
+
+@pytest.mark.parametrize("rejected, expected", [
+    ((), 0.0),
+    (("calculation",), -2 / 6),
+    (("answer",), -1 / 6),
+    (("completeness",), -2 / 6),
+    (("understanding",), -1 / 6),
+    (("calculation", "understanding"), -3 / 6),
+    (tuple(NAMES), -1.0),
+])
+def test_self_reward_arithmetic(monkeypatch, rejected, expected):
+    tok, calls = _scripted(monkeypatch, {n: n not in rejected for n in NAMES})
+    reward = SelfReward(None, tok, max_new_tokens=7)
+    answer = r"3 + 4 = 7, so \boxed{7}<|im_end|>"
+    assert reward("How many apples?", answer) == pytest.approx(expected)
+    assert reward.last_verdicts == {n: n not in rejected for n in NAMES}
+    assert set(reward.last_replies) == set(NAMES)
+    (prompts, max_new), = calls  # one batch with the four verifiers
+    assert max_new == 7 and len(prompts) == 4
+    for p in prompts:
+        assert "How many apples?" in p and r"3 + 4 = 7, so \boxed{7}<" not in p  # stop token stripped
+        assert r"\boxed{7}" in p and VERDICT_MARKER in p
+
+
+@pytest.mark.parametrize("answer, rejected, expected", [
+    (r"so \boxed{7}", (), 0.0),
+    ("so the answer is 7", (), -2 / 6),
+    ("so the answer is 7", ("calculation",), -4 / 6),
+    ("so the answer is 7", tuple(NAMES), -8 / 6),
+    (r"so \boxed{7", (), -2 / 6),  # unbalanced box does not count
+])
+def test_self_reward_format_rule(monkeypatch, answer, rejected, expected):
+    tok, _ = _scripted(monkeypatch, {n: n not in rejected for n in NAMES})
+    assert SelfReward(None, tok, format_rule=True)("q", answer) == pytest.approx(expected)
+    if not rejected:  # without the rule no penalty
+        assert SelfReward(None, tok)("q", answer) == 0.0
+
+
+def test_self_reward_unbatched_runs_one_prompt_at_a_time(monkeypatch):
+    tok, calls = _scripted(monkeypatch, {n: n != "answer" for n in NAMES})
+    reward = SelfReward(None, tok, batched=False)
+    assert reward.verdicts("q", "a") == {n: n != "answer" for n in NAMES}
+    assert [len(p) for p, _ in calls] == [1, 1, 1, 1]
+    assert reward.max_new_tokens == 4096
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SelfReward(None, tok, max_new_tokens=0)
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+class CharTokenizer:
+    """A character-level tokenizer for a vocabulary of 128 (ids 3..127), eos = pad = 2."""
+
+    eos_token_id = pad_token_id = 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + ord(c) % 125 for c in text]}
+
+    def get_vocab(self):
+        return {"<eos>": 2}
+
+
+PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog", "1 2 3", "xyz?"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_tiny_model(vocab_size=128, seed=3), CharTokenizer()
+
+
+def _full_recompute(model, tok, prompt, n, stops):
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model(ids).logits[0, -1].argmax())
+            out.append(t)
+            if t in stops:
+                break
+            ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+    return out
+
+
+def test_batched_matches_sequential_and_full_recompute(small):
+    model, tok = small
+    stops = G.stop_token_ids(tok, model)
+    batched = G.greedy_generate_batch(model, tok, PROMPTS, 12)
+    sequential = [G.greedy_generate_batch(model, tok, [p], 12)[0] for p in PROMPTS]
+    assert batched == sequential
+    assert batched == [_full_recompute(model, tok, p, 12, stops) for p in PROMPTS]
+
+
+def test_finished_rows_leave_the_batch(small, monkeypatch):
+    model, tok = small
+    monkeypatch.setattr(G, "stop_token_ids", lambda tokenizer, model=None: set())
+    free = G.greedy_generate_batch(model, tok, PROMPTS, 16)
+    # stop tokens that end rows at different steps
+    stop = {free[0][2], free[3][6]}
+    monkeypatch.setattr(G, "stop_token_ids", lambda tokenizer, model=None: stop)
+    batch_sizes = []
+    handle = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        batched = G.greedy_generate_batch(model, tok, PROMPTS, 16)
+    finally:
+        handle.remove()
+    sequential = [G.greedy_generate_batch(model, tok, [p], 16)[0] for p in PROMPTS]
+    assert batched == sequential
+    lengths = [len(r) for r in batched]
+    assert len(set(lengths)) > 1 and min(lengths) < 16  # rows did stop at different points
+    for row in batched:
+        assert (row[-1] in stop) or len(row) == 16
+        assert not any(t in stop for t in row[:-1])
+    assert batch_sizes[0] == len(PROMPTS) and batch_sizes == sorted(batch_sizes, reverse=True)
+    assert batch_sizes[-1] < len(PROMPTS)
+
+
+class PastKeyValuesModel(torch.nn.Module):
+    """A model whose forward only knows the pre-5.2x ``past_key_values=`` keyword."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.generation_config = inner.generation_config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=past_key_values, use_cache=use_cache)
+
+
+def test_both_cache_keywords(small):
+    model, tok = small
+    old = PastKeyValuesModel(model)
+    assert G.cache_keyword(model) == "cache" and G.cache_keyword(old) == "past_key_values"
+    new_keyword = "cache" in G._forward_params(type(model))
+    with pytest.warns(FutureWarning) if new_keyword else contextlib.nullcontext():
+        via_old = G.greedy_generate_batch(old, tok, PROMPTS[:3], 6)
+    assert via_old == G.greedy_generate_batch(model, tok, PROMPTS[:3], 6)
+
+
+def test_generation_argument_checks(small):
+    model, tok = small
+    assert G.greedy_generate_batch(model, tok, [], 5) == []
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        G.greedy_generate_batch(model, tok, ["a"], 0)
+    with pytest.raises(TypeError, match="list"):
+        G.greedy_generate_batch(model, tok, "a", 3)
+    with pytest.raises(ValueError, match=r"prompts\[1\]"):
+        G.greedy_generate_batch(model, tok, ["a", ""], 3)
+    assert [len(r) for r in G.greedy_generate_batch(model, tok, ["ab"], 1)] == [1]
+
+
+@pytest.mark.slow
+def test_real_model_batched_matches_sequential(smol):
+    from latentseek_fast.prompts import build_prompt
+
+    model, tok = smol
+    prompts = [build_prompt(tok, q) for q in ("Add 7 and 8.", "Tom has 3 apples and buys 4 more apples. "
+                                              "How many apples does he have now?")]
+    batched = G.greedy_generate_batch(model, tok, prompts, 4)
+    assert batched == [G.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in G.stop_token_ids(tok, model)
+
+
+@pytest.mark.slow
+def test_real_model_self_reward_runs(smol):
+    model, tok = smol
+    reward = SelfReward(model, tok, max_new_tokens=3)
+    r = reward("What is 2 + 3?", r"2 + 3 = 5, so \boxed{5}<|im_end|>")
+    assert type(r) is float and r in {-k / 6 for k in range(7)}
+    assert set(reward.last_replies) == set(NAMES)
+    assert all("<|im_end|>" not in p.split("<|im_start|>user")[1].split("<|im_end|>")[0]
+               for p in reward.last_prompts.values())
