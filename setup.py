@@ -41,11 +41,16 @@ def _extensions():
     with_cuda = cuda_ok and use_cuda != "0"
 
     sources = ["csrc/latent_adam.cpp"]
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    # -fno-math-errno lets GCC vectorise sqrt; -ffp-contract=off keeps torch.optim.Adam's fp32
+    # roundings (no silent a*b+c -> fma contraction).
+    # The C++ standard is left to torch's builder (it passes -std=c++20 in torch 2.13).
+    extra = {"cxx": ["-O3", "-fno-math-errno", "-ffp-contract=off"]}
     ext_cls = cpp_extension.CppExtension
     if with_cuda:
         sources.append("csrc/latent_adam_cuda.cu")
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        # No --use_fast_math: the kernel relies on IEEE sqrt/div (it also uses the explicit
+        # __f*_rn intrinsics, so --fmad cannot fuse what torch.optim.Adam rounds separately).
+        extra["nvcc"] = ["-O3"]
         ext_cls = cpp_extension.CUDAExtension
     ext = ext_cls(
         "latentseek_fast._C",
