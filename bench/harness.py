@@ -6,8 +6,16 @@
   CPU torch allocates through malloc/mmap, which ``tracemalloc`` cannot see, so the process's
   resident-set high-water mark is used: writing ``5`` to ``/proc/self/clear_refs`` resets
   ``VmHWM`` to the current RSS, and ``VmHWM - VmRSS(before)`` after the run is the extra memory
-  the run really touched (pages only reserved and never written do not count).
-- Every CSV row carries the machine, the torch/triton/transformers versions and the git commit.
+  the run really touched (pages only reserved and never written do not count). glibc keeps freed
+  blocks below its (self-raising) mmap threshold resident and reuses them without a new page, so a
+  second run would look free; so ``peak_memory`` on CPU first fixes that threshold at 128 KiB
+  (``pin_malloc``: every larger block is then its own mapping, returned to the system on free)
+  and hands the heaps' free pages back (``malloc_trim(0)``) before resetting ``VmHWM``.
+- Every CSV row carries the machine, the torch/triton/transformers versions, the git commit and
+  the run's start time (``run``: the rows of one invocation share it).
+- Ceilings: ``measure_peaks`` times one large matrix product and one large copy on the device
+  (METHOD.md: measured ceilings, not datasheet ones) and ``roofline`` turns a row's FLOPs and
+  bytes into TFLOP/s, GB/s and percentages of those ceilings.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_RUN = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _git_commit() -> str:
@@ -68,6 +77,7 @@ def env_info() -> dict:
         "transformers": _version("transformers"),
         "python": platform.python_version(),
         "commit": _git_commit(),
+        "run": _RUN,
     }
 
 
@@ -110,6 +120,40 @@ def _status() -> dict:
     return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
 
 
+_pinned = False
+
+
+def pin_malloc(threshold: int = 128 * 1024) -> bool:
+    """Fix glibc's mmap and trim thresholds (no-op, returning False, where there is no glibc).
+
+    ``mallopt(M_MMAP_THRESHOLD)`` also turns off glibc's dynamic raising of that threshold,
+    which otherwise lets a freed 30 MB block stay in the heap and hide from ``VmHWM``.
+    """
+    global _pinned
+    if _pinned:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, threshold) == 1 and libc.mallopt(m_trim_threshold, threshold) == 1
+    except (OSError, AttributeError):
+        return False
+    _pinned = ok
+    return ok
+
+
+def _trim() -> None:
+    """Return free heap pages to the system (glibc ``malloc_trim(0)``), so reusing them counts."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory(fn, *, device=None) -> int:
     """Extra bytes at the peak of one ``fn()`` call, above what was allocated before it."""
     if device is not None and torch.device(device).type == "cuda":
@@ -119,6 +163,8 @@ def peak_memory(fn, *, device=None) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
+    pin_malloc()
+    _trim()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status()["VmRSS"]
@@ -126,13 +172,26 @@ def peak_memory(fn, *, device=None) -> int:
     return max(0, _status()["VmHWM"] - before)
 
 
-def write_rows(name: str, rows: list[dict]) -> Path:
-    """Append ``rows`` (each stamped with ``env_info()``) to ``bench/results/<name>.csv``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.csv"
+def results_path(name: str, results_dir: str | Path | None = None) -> Path:
+    """Where ``write_rows(name)`` writes: ``name`` itself when it is a path (has a ``/`` or ends
+    in ``.csv``), else ``<results_dir or bench/results>/<name>.csv``."""
+    if "/" in name or name.endswith(".csv"):
+        path = Path(name)
+        return path if path.suffix == ".csv" else path.with_suffix(".csv")
+    return Path(results_dir or RESULTS) / f"{name}.csv"
+
+
+def write_rows(name: str, rows: list[dict], results_dir: str | Path | None = None) -> Path:
+    """Append ``rows`` (each stamped with ``env_info()``) to ``bench/results/<name>.csv``.
+
+    ``name`` may also be a path to a CSV file (see ``results_path``). The columns are the union
+    of the rows' keys in first-seen order (rows that lack one leave it empty).
+    """
+    path = results_path(name, results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = env_info()
     rows = [{**r, **stamp} for r in rows]
-    fields = list(rows[0].keys())
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     new = not path.exists()
     if not new:
         with open(path, newline="") as f:
@@ -141,11 +200,76 @@ def write_rows(name: str, rows: list[dict]) -> Path:
             path.rename(path.with_suffix(f".{int(time.time())}.old.csv"))
             new = True
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             w.writeheader()
         w.writerows(rows)
     return path
+
+
+def measure_peaks(
+    device="cpu",
+    dtype=torch.float32,
+    *,
+    gemm_n: int | None = None,
+    copy_mib: int | None = None,
+    repeats: int | None = None,
+) -> dict:
+    """Measured ceilings of this device: a matrix product's TFLOP/s and a copy's GB/s.
+
+    - GEMM: ``gemm_n``-cubed product of random ``dtype`` matrices (2 n^3 FLOPs), median of
+      ``repeats`` after a warm-up (random data: zeros run faster on some GPUs, METHOD.md).
+    - Copy: ``dst.copy_(src)`` of ``copy_mib`` MiB, counting bytes read plus bytes written.
+    Defaults: 8192 / 2048 MiB / 10 on CUDA, 1536 / 256 MiB / 3 on CPU (a few seconds on 2 cores).
+    """
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    n = gemm_n or (8192 if cuda else 1536)
+    mib = copy_mib or (2048 if cuda else 256)
+    reps = repeats or (10 if cuda else 3)
+    g = torch.Generator(device=dev).manual_seed(0)
+    warm = 2 if cuda else 1
+
+    def gemm_seconds() -> float:
+        a = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
+        return time_fn(lambda: torch.mm(a, b), warmup=warm, repeats=reps, device=dev)["median_s"]
+
+    def copy_seconds() -> float:
+        src = torch.randn(mib * 2**18, device=dev, dtype=torch.float32, generator=g)
+        dst = torch.empty_like(src)
+        return time_fn(lambda: dst.copy_(src), warmup=warm, repeats=reps, device=dev)["median_s"]
+
+    gemm_s = gemm_seconds()
+    copy_s = copy_seconds()
+    nbytes = 2 * mib * 2**20  # read + written
+    return {
+        "peak_gemm_tflops": 2 * n**3 / gemm_s / 1e12,
+        "peak_copy_gbps": nbytes / copy_s / 1e9,
+        "peak_gemm_dtype": str(dtype).removeprefix("torch."),
+        "peak_gemm_n": n,
+        "peak_copy_mib": mib,
+    }
+
+
+def roofline(
+    seconds: float, flops: float, nbytes: float, peaks: dict | None, *, achieved_flops: float | None = None
+) -> dict:
+    """TFLOP/s and GB/s of a run and their share of the measured ceilings.
+
+    ``flops`` is the useful work; ``achieved_flops`` (default ``flops``) what the provider
+    really computes (recomputed products included). Percentages use the achieved rate.
+    """
+    achieved = flops if achieved_flops is None else achieved_flops
+    out = {
+        "useful_tflops": flops / seconds / 1e12,
+        "achieved_tflops": achieved / seconds / 1e12,
+        "gbps": nbytes / seconds / 1e9,
+    }
+    if peaks:
+        out["pct_peak_flops"] = 100.0 * out["achieved_tflops"] / peaks["peak_gemm_tflops"]
+        out["pct_peak_bw"] = 100.0 * out["gbps"] / peaks["peak_copy_gbps"]
+    return out
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SeekConfig": "latentseek_fast.config",
-    "SeekResult": "latentseek_fast.seek",
-    "seek": "latentseek_fast.seek",
+    "SeekResult": "latentseek_fast.loop",
+    "seek": "latentseek_fast.loop",
     "LatentGrad": "latentseek_fast.ops.latent_policy_grad",
     "latent_policy_grad": "latentseek_fast.ops.latent_policy_grad",
     "latent_adam_": "latentseek_fast.ops.latent_adam",

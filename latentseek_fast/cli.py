@@ -101,7 +101,7 @@ def _judge(problem, text, style):
 def cmd_run(args) -> int:
     from .data import Problem
     from .demo import demo_problems
-    from .seek import seek
+    from .loop import seek
 
     if args.problem is not None:
         problem = Problem(
@@ -208,7 +208,7 @@ def cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from .data import load_problems
-    from .seek import seek
+    from .loop import seek
 
     problems = load_problems(args.data, dataset=args.dataset)
     if args.start < 0 or (args.limit is not None and args.limit < 0):

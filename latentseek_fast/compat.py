@@ -12,7 +12,7 @@ import torch
 
 from . import decode as D
 from .config import SeekConfig
-from .seek import _Clock, seek_loop
+from .loop import _Clock, seek_loop
 
 # The research code stops its original generation once more than 1024 tokens were made.
 ORIGINAL_TOKEN_CAP = 1025
