@@ -6,6 +6,7 @@ slow: shapes stay small and hypothesis runs few examples.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -26,6 +27,21 @@ def _has_triton() -> bool:
     except Exception:
         return False
     return True
+
+
+def lpg(*args, **kw):
+    """``latent_policy_grad``; on a CUDA machine the triton backend gets CUDA copies of the inputs
+    (there the interpreter is off and the kernels run for real) and the results come back to CPU."""
+    if kw.get("backend") != "triton" or not torch.cuda.is_available():
+        return latent_policy_grad(*args, **kw)
+    to_gpu = lambda x: x.cuda() if torch.is_tensor(x) else x
+    out = latent_policy_grad(*map(to_gpu, args), **{k: to_gpu(v) for k, v in kw.items()})
+    return LatentGrad(
+        **{
+            f.name: (None if getattr(out, f.name) is None else getattr(out, f.name).cpu())
+            for f in dataclasses.fields(out)
+        }
+    )
 
 
 BACKENDS = [
@@ -129,7 +145,7 @@ def check_against_gt(out: LatentGrad, h, w, kw, dtype, tokens=None):
 def test_parity_dtypes(backend, dtype):
     h, w, b = make(37, 1009, 100, dtype)
     kw = dict(bias=b, softcap=2.0, temperature=0.7, reward=torch.linspace(-1, 1, 37))
-    out = latent_policy_grad(h, w, backend=backend, **kw)
+    out = lpg(h, w, backend=backend, **kw)
     check_against_gt(out, h, w, kw, dtype)
 
 
@@ -154,7 +170,7 @@ def test_parity_ragged(backend, n, v, d, kw):
     tokens = None
     if kw.get("tokens") == "tok":
         tokens = kw["tokens"] = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(1))
-    out = latent_policy_grad(h, w, backend=backend, **kw)
+    out = lpg(h, w, backend=backend, **kw)
     check_against_gt(out, h, w, kw, torch.float32, tokens=tokens)
 
 
@@ -186,7 +202,7 @@ def test_torch_twin_small_chunks(chunk, mode):
 def test_property_random_shapes(n, v, d, softcap, temperature, use_bias, backend):
     h, w, b = make(n, v, d, seed=n * 1000 + v + d)
     kw = dict(softcap=softcap, temperature=temperature, bias=b if use_bias else None, reward=0.3)
-    out = latent_policy_grad(h, w, backend=backend, **kw)
+    out = lpg(h, w, backend=backend, **kw)
     assert out.grad.shape == (n, d) and out.tokens.shape == (n,)
     check_against_gt(out, h, w, kw, torch.float32)
 
@@ -195,9 +211,7 @@ def test_ties_pick_lowest_index_across_tiles_and_splits():
     """Identical rows of W tie exactly: ids 5, 6 (same tile) and 700 (another tile/split) -> 5."""
     h, w, _ = make(4, 1009, 32)
     w[5] = w[6] = w[700] = h[0] * 2 + h[1] + h[2] + h[3]
-    outs = [
-        latent_policy_grad(h, w, backend=be) for be in ("reference", "torch", "triton")[: 2 + _has_triton()]
-    ]
+    outs = [lpg(h, w, backend=be) for be in ("reference", "torch", "triton")[: 2 + _has_triton()]]
     for o in outs:
         assert o.argmax.tolist() == [5] * 4 and o.tokens.tolist() == [5] * 4
 
@@ -208,7 +222,7 @@ def test_triton_split_count_does_not_change_result(num_splits):
     from latentseek_fast.kernels.lpg_forward import lpg_forward
 
     h, w, b = make(9, 1009, 40)
-    ref = latent_policy_grad(h, w, bias=b, softcap=2.0, backend="torch", need_grad=False)
+    ref = lpg(h, w, bias=b, softcap=2.0, backend="torch", need_grad=False)
     tok, logprob, lse, argmax = lpg_forward(
         h, w, b, None, 2.0, 1.0, "greedy", seed_key(0), num_splits=num_splits
     )
@@ -225,12 +239,12 @@ def test_triton_split_count_does_not_change_result(num_splits):
 def test_reward_linearity_and_need_grad(backend):
     h, w, _ = make(6, 200, 24)
     r = torch.tensor([1.0, -1.0, 0.0, 2.5, -0.2, 0.7])
-    unit = latent_policy_grad(h, w, 1.0, backend=backend)
-    vec = latent_policy_grad(h, w, r, backend=backend)
+    unit = lpg(h, w, 1.0, backend=backend)
+    vec = lpg(h, w, r, backend=backend)
     torch.testing.assert_close(vec.grad, r[:, None] * unit.grad, rtol=1e-5, atol=1e-7)
-    scal = latent_policy_grad(h, w, -0.25, backend=backend)
+    scal = lpg(h, w, -0.25, backend=backend)
     torch.testing.assert_close(scal.grad, -0.25 * unit.grad, rtol=1e-5, atol=1e-7)
-    nog = latent_policy_grad(h, w, backend=backend, need_grad=False)
+    nog = lpg(h, w, backend=backend, need_grad=False)
     assert nog.grad is None
     assert torch.equal(nog.tokens, unit.tokens)
     torch.testing.assert_close(nog.lse, unit.lse)
@@ -247,8 +261,8 @@ def test_non_contiguous_inputs(backend):
     b_nc.copy_(b)
     assert not (h_nc.is_contiguous() or w_nc.is_contiguous() or b_nc.is_contiguous())
     kw = dict(softcap=4.0, temperature=1.3)
-    a = latent_policy_grad(h, w, bias=b, backend=backend, **kw)
-    c = latent_policy_grad(h_nc, w_nc, bias=b_nc, backend=backend, **kw)
+    a = lpg(h, w, bias=b, backend=backend, **kw)
+    c = lpg(h_nc, w_nc, bias=b_nc, backend=backend, **kw)
     assert torch.equal(a.tokens, c.tokens)
     torch.testing.assert_close(c.grad, a.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c.lse, a.lse, rtol=1e-6, atol=1e-6)
@@ -256,7 +270,7 @@ def test_non_contiguous_inputs(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_rows(backend):
-    out = latent_policy_grad(torch.zeros(0, 8), torch.randn(50, 8), backend=backend)
+    out = lpg(torch.zeros(0, 8), torch.randn(50, 8), backend=backend)
     assert out.tokens.shape == (0,) and out.tokens.dtype == torch.int64
     assert out.logprob.shape == (0,) and out.lse.shape == (0,) and out.argmax.shape == (0,)
     assert out.grad.shape == (0, 8) and out.grad.dtype == torch.float32
@@ -267,7 +281,7 @@ def test_inputs_not_modified(backend):
     h, w, b = make(4, 130, 20, torch.bfloat16)
     r, tok = torch.randn(4), torch.tensor([0, 5, 129, 7])
     saved = [t.clone() for t in (h, w, b, r, tok)]
-    latent_policy_grad(h, w, r, bias=b, softcap=3.0, tokens=tok, backend=backend)
+    lpg(h, w, r, bias=b, softcap=3.0, tokens=tok, backend=backend)
     for before, after in zip(saved, (h, w, b, r, tok)):
         assert torch.equal(before, after)
 
@@ -311,7 +325,7 @@ def test_sample_same_seed_same_tokens_across_backends():
     h, w, b = make(24, 500, 30, scale=0.05)  # flat softmax: many plausible tokens per row
     kw = dict(bias=b * 0.1, mode="sample", temperature=1.5)
     outs = {
-        be: latent_policy_grad(h, w, seed=11, backend=be, **kw)
+        be: lpg(h, w, seed=11, backend=be, **kw)
         for be in ("reference", "torch", "triton")[: 2 + _has_triton()]
     }
     base = outs["reference"]
@@ -320,9 +334,9 @@ def test_sample_same_seed_same_tokens_across_backends():
         torch.testing.assert_close(o.grad, base.grad, rtol=1e-4, atol=1e-5)
         assert torch.equal(o.argmax, base.argmax)
     assert not torch.equal(base.tokens, base.argmax)  # sampling actually left the argmax
-    other = latent_policy_grad(h, w, seed=12, backend="torch", **kw)
+    other = lpg(h, w, seed=12, backend="torch", **kw)
     assert not torch.equal(other.tokens, base.tokens)
-    again = latent_policy_grad(h, w, seed=11, backend="torch", **kw)
+    again = lpg(h, w, seed=11, backend="torch", **kw)
     assert torch.equal(again.tokens, base.tokens)
     # logprob is the log-probability of the sampled token.
     s, lse, *_ = ground_truth(h, w, bias=b * 0.1, temperature=1.5)
@@ -341,9 +355,7 @@ def test_sample_frequencies_match_softmax():
     g = torch.Generator().manual_seed(5)
     w = torch.randn(v, 6, generator=g)
     h = torch.randn(1, 6, generator=g).expand(n, 6) * 0.7
-    out = latent_policy_grad(
-        h, w, mode="sample", seed=2024, temperature=1.3, backend="torch", need_grad=False
-    )
+    out = lpg(h, w, mode="sample", seed=2024, temperature=1.3, backend="torch", need_grad=False)
     pi = torch.softmax((h[0].double() @ w.double().T) / 1.3, dim=0)
     counts = torch.bincount(out.tokens, minlength=v).double()
     expected = n * pi
@@ -388,9 +400,10 @@ def test_validation_errors(bad, match):
     kw.update(bad)
     hidden, weight = kw.pop("hidden"), kw.pop("weight")
     with pytest.raises(ValueError, match=match):
-        latent_policy_grad(hidden, weight, backend=kw.pop("backend", "torch"), **kw)
+        lpg(hidden, weight, backend=kw.pop("backend", "torch"), **kw)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
 def test_triton_backend_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton' cannot run"):
@@ -405,12 +418,12 @@ def test_auto_picks_torch_on_cpu_and_says_why(caplog):
     _util._said.discard("lpg-auto-no-triton")
     _util._said.discard("lpg-auto-choice-torch")
     with caplog.at_level(logging.INFO, logger="latentseek_fast"):
-        a = latent_policy_grad(H, W, backend="auto")
-        latent_policy_grad(H, W, backend="auto")
+        a = lpg(H, W, backend="auto")
+        lpg(H, W, backend="auto")
     msgs = [r.getMessage() for r in caplog.records if "latent_policy_grad" in r.getMessage()]
     assert any("chose 'torch'" in m for m in msgs) and any("not used" in m for m in msgs)
     assert len(msgs) == 2  # once each, not per call
-    torch.testing.assert_close(a.grad, latent_policy_grad(H, W, backend="torch").grad)
+    torch.testing.assert_close(a.grad, lpg(H, W, backend="torch").grad)
 
 
 class _BiggestAllocation(TorchDispatchMode):
@@ -438,7 +451,7 @@ def test_torch_twin_never_allocates_n_by_v(mode):
     # Biggest allowed: the [N, chunk] logits, the [chunk, d] fp32 W copy, the [N, d] accumulator.
     assert probe.max_numel <= max(n * chunk, chunk * d, n * d) < n * v // 10
     with _BiggestAllocation() as probe_ref:
-        ref = latent_policy_grad(h, w, bias=b, softcap=2.0, mode=mode, backend="reference")
+        ref = lpg(h, w, bias=b, softcap=2.0, mode=mode, backend="reference")
     assert probe_ref.max_numel >= n * v  # the probe does see [N, V] when it is there
     assert torch.equal(out[0], ref.tokens)
     torch.testing.assert_close(out[3], ref.grad, rtol=1e-4, atol=1e-6)
