@@ -21,16 +21,21 @@ import torch
 
 from latentseek_fast.ops.gumbel import gumbel_noise
 
-# Vocabulary rows per chunk. Measured on the project's shared 2-core CPU (torch 2.13, fp32 W,
-# one full call with gradient, median of 3 runs, ms):
-#   chunk:                    1024   2048   4096   8192  16384
-#   N=64,  V=49152,  d=576      58     66     86    101    109
-#   N=300, V=49152,  d=576     212    215    242    251    263
-#   N=64,  V=151936, d=896     264    284    301    312    313
-#   N=300, V=151936, d=896    1474    978    977   1036   1094
-# 2048 is within 14% of the best in every row (1024 loses 50% on the largest case); the
-# chunk's fp32 logits [N, 2048] and W copy [2048, d] stay small next to the [N, d] accumulator.
+# Vocabulary rows per chunk. Measured on the project's 2-core CPU with nothing else running
+# (torch 2.13, fp32 W, one full call with gradient, median of 5-9 runs, ms; 1 thread / 2 threads):
+#   chunk:                       256        512       1024       2048       4096
+#   N=16,  V=49152,  d=576     70/39      42/31      39/28      43/27      47/34
+#   N=64,  V=49152,  d=576    108/87    103/63     102/74     110/77     114/85
+#   N=300, V=49152,  d=576    432/244   425/230    414/232    422/233    448/245
+#   N=16,  V=151936, d=896    209/152   185/127    179/121    198/156    220/166
+#   N=64,  V=151936, d=896    546/363   490/294    534/397    499/320    503/327
+#   N=300, V=151936, d=896   2051/1344 2001/1199  2002/1245  1908/1169  1966/1222
+# Between 512 and 2048 the spread is mostly noise (<= 15%); 1024 is best or near it for small N
+# (the chunk of W, 1024 x d x 4 bytes, stays in L2 between its two products), 2048 for large N
+# (bigger, more efficient GEMMs). Below 512 the per-chunk overhead dominates.
+SMALL_N = 128
 DEFAULT_CHUNK = 2048
+SMALL_N_CHUNK = 1024
 
 
 def _logits(h32, w_c, b_c, softcap, temperature):
@@ -43,13 +48,15 @@ def _logits(h32, w_c, b_c, softcap, temperature):
         t = torch.tanh(lg / softcap)
         lg = softcap * t
         dl = 1.0 - t * t
-    return lg / temperature, dl
+    return (lg if temperature == 1.0 else lg / temperature), dl
 
 
 def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, need_grad, chunk=None):
     """Return ``(tokens, logprob, lse, grad_or_None, argmax)``; ``reward`` is an fp32 [N] tensor."""
-    chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
     n, d = hidden.shape
+    if chunk is None:
+        chunk = SMALL_N_CHUNK if n <= SMALL_N else DEFAULT_CHUNK
+    chunk = int(chunk)
     v = weight.shape[0]
     dev = hidden.device
     # fp32 compute; fp64 inputs (finite-difference tests call this function directly) stay fp64.
@@ -81,12 +88,12 @@ def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
             smp_idx = torch.where(better, g_idx + start, smp_idx)
         m_new = torch.maximum(m, c_val)
         alpha = torch.exp(m - m_new)  # m = -inf only before the first chunk: exp(-inf) = 0
-        e = torch.exp(s - m_new.unsqueeze(1))
+        e = s.sub_(m_new.unsqueeze(1)).exp_()  # s is dead after the max: reuse its buffer
         ssum = ssum * alpha + e.sum(dim=1)
         if need_grad:
             if dl is not None:
-                e = e * dl
-            acc = acc * alpha.unsqueeze(1) + e @ w_c
+                e = e.mul_(dl)
+            acc = acc.mul_(alpha.unsqueeze(1)).addmm_(e, w_c)
         m = m_new
     lse = m + torch.log(ssum)
     if tokens is not None:
