@@ -16,33 +16,21 @@ import torch
 from . import decode as D
 from ._util import say_once
 from .config import SeekConfig
-
-
-def triton_unavailable_reason() -> str | None:
-    """Why the triton backend cannot run here, or None when it can."""
-    import os
-
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return f"triton cannot be imported ({exc})"
-    return None
+from .ops.latent_policy_grad import triton_unavailable_reason
 
 
 def resolve_backend(config: SeekConfig, device: torch.device) -> str:
     """The concrete backend for ``config.backend`` on ``device``."""
     if config.backend != "auto":
         if config.backend == "triton":
-            why = triton_unavailable_reason()
+            why = triton_unavailable_reason(device)
             if why is not None:
                 raise RuntimeError(f"backend='triton' is unavailable: {why}")
         return config.backend
     if config.latent_dtype == "model":
         return "reference"
     if device.type == "cuda":
-        why = triton_unavailable_reason()
+        why = triton_unavailable_reason(device)
         if why is None:
             return "triton"
         say_once("auto-no-triton", f"latentseek_fast: backend 'auto' uses torch: {why}")

@@ -43,10 +43,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _triton_unavailable_reason(hidden: Tensor) -> str | None:
-    """Why the triton backend cannot run on ``hidden``'s device, or None when it can."""
-    if hidden.device.type != "cuda" and not _interpreting():
-        return f"hidden is on {hidden.device} (triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
+def triton_unavailable_reason(device: torch.device | str) -> str | None:
+    """Why the triton backend cannot run on ``device``, or None when it can."""
+    device = torch.device(device)
+    if device.type != "cuda" and not _interpreting():
+        return f"the latents are on {device} (triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
     try:
         import triton  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install
@@ -136,7 +137,7 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
 
 def _pick_backend(backend: str, hidden: Tensor) -> str:
     if backend == "triton":
-        reason = _triton_unavailable_reason(hidden)
+        reason = triton_unavailable_reason(hidden.device)
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run: {reason}")
         return backend
@@ -144,7 +145,7 @@ def _pick_backend(backend: str, hidden: Tensor) -> str:
         return backend
     reason = None if hidden.device.type == "cuda" else f"hidden is on {hidden.device}, not CUDA"
     if reason is None:
-        reason = _triton_unavailable_reason(hidden)
+        reason = triton_unavailable_reason(hidden.device)
     if reason is not None:
         say_once("lpg-auto-no-triton", f"latent_policy_grad: triton backend not used: {reason}")
         say_once("lpg-auto-choice-torch", "latent_policy_grad: backend='auto' chose 'torch'")
