@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes as S  # noqa: E402
-from harness import markdown_table, write_rows  # noqa: E402
+from harness import bench_device, markdown_table, write_rows  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -140,12 +140,8 @@ def main(argv=None) -> list[dict]:
 
     from latentseek_fast import seek
 
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = bench_device(ap, args.device, args.threads)
+    cuda = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if cuda else "fp32")]
     backends = args.backends or (["reference", "torch", "triton"] if cuda else ["reference", "torch"])
     cfg = TINY if args.tiny else S.QWEN25_1_5B_CONFIG

@@ -45,7 +45,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes as S  # noqa: E402
-from harness import markdown_table, measure_peaks, peak_memory, roofline, time_fn, write_rows  # noqa: E402
+from harness import (  # noqa: E402
+    STEP_COLUMNS,
+    bench_device,
+    markdown_table,
+    measure_peaks,
+    peak_memory,
+    roofline,
+    time_fn,
+    write_rows,
+)
 
 PROVIDERS = ("reference", "compile", "torch", "triton", "cce", "liger")
 # (products of 2NVd FLOPs actually run, passes over W) per step; see the module docstring.
@@ -268,24 +277,7 @@ COLUMNS = [
     "peak_gemm_tflops", "peak_copy_gbps", "peak_gemm_dtype", "peak_gemm_n", "peak_copy_mib",
 ]  # fmt: skip
 
-TABLE = [
-    "provider",
-    "model",
-    "N",
-    "dtype",
-    "median_s",
-    "iqr_s",
-    "peak_mem_mb",
-    "speedup",
-    "mem_ratio",
-    "useful_tflops",
-    "achieved_tflops",
-    "gbps",
-    "pct_peak_flops",
-    "pct_peak_bw",
-    "agree",
-    "status",
-]
+TABLE = STEP_COLUMNS
 
 
 def main(argv=None) -> list[dict]:
@@ -322,12 +314,8 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
     started = time.perf_counter()
 
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = bench_device(ap, args.device, args.threads)
+    cuda = device.type == "cuda"
     dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
     ns = args.n or (S.GPU_N if cuda else S.CPU_N)
     if args.models:

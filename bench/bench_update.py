@@ -28,7 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import markdown_table, measure_peaks, peak_memory, roofline, time_fn, write_rows  # noqa: E402
+from harness import (  # noqa: E402
+    bench_device,
+    markdown_table,
+    measure_peaks,
+    peak_memory,
+    roofline,
+    time_fn,
+    write_rows,
+)
 
 PROVIDERS = ("native", "fallback", "adam-foreach", "adam-fused", "adam-default")
 BASELINE = "adam-foreach"
@@ -137,12 +145,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default="update", help="CSV name under bench/results/, or a path to a .csv")
     args = ap.parse_args(argv)
 
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = bench_device(ap, args.device, args.threads)
+    cuda = device.type == "cuda"
     args.repeats = args.repeats or (500 if cuda else 200)
     clips = {"both": (None, CLIP), "on": (CLIP,), "off": (None,)}[args.clip]
     peaks = None if args.no_peaks else measure_peaks(device, torch.float32)

@@ -280,3 +280,35 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def bench_device(parser, device: str, threads: int | None) -> torch.device:
+    """The ``torch.device`` for a bench's ``--device``/``--threads`` (a parser error without CUDA)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device(device)
+
+
+# The step bench's tabulated columns (printed by bench_step.py, summarised by plot.py).
+STEP_COLUMNS = [
+    "provider",
+    "model",
+    "N",
+    "V",
+    "d",
+    "dtype",
+    "median_s",
+    "iqr_s",
+    "peak_mem_mb",
+    "speedup",
+    "mem_ratio",
+    "useful_tflops",
+    "achieved_tflops",
+    "gbps",
+    "pct_peak_flops",
+    "pct_peak_bw",
+    "agree",
+    "status",
+]

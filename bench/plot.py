@@ -24,33 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, markdown_table  # noqa: E402
+from harness import RESULTS, STEP_COLUMNS, markdown_table  # noqa: E402
 
 # Per bench: the columns naming one configuration (for de-duplication) and those tabulated.
 SPECS = {
-    "step": (
-        ["provider", "model", "N", "dtype", "device"],
-        [
-            "provider",
-            "model",
-            "N",
-            "V",
-            "d",
-            "dtype",
-            "median_s",
-            "iqr_s",
-            "peak_mem_mb",
-            "speedup",
-            "mem_ratio",
-            "useful_tflops",
-            "achieved_tflops",
-            "gbps",
-            "pct_peak_flops",
-            "pct_peak_bw",
-            "agree",
-            "status",
-        ],
-    ),
+    "step": (["provider", "model", "N", "dtype", "device"], STEP_COLUMNS),
     "update": (
         ["provider", "N", "d", "clip", "device"],
         ["provider", "N", "d", "clip", "median_s", "iqr_s", "speedup", "gbps", "pct_peak_bw", "status"],
