@@ -269,10 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentseek-fast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log which fast paths are used and why")
     sub = p.add_subparsers(dest="command")
-    r = sub.add_parser("run", help="seek on one problem (default: the first demo problem)")
+    r = sub.add_parser("run", help="seek on one problem (default: demo problem 1)")
     r.add_argument("--problem", default=None, help="question text (default: a demo problem)")
     r.add_argument("--gold", default=None, help="ground-truth answer of --problem (enables PSRM)")
-    r.add_argument("--demo", type=int, default=0, help="index of the demo problem")
+    r.add_argument(
+        "--demo", type=int, default=1, help="index of the demo problem (default 1: greedy decoding gets it wrong)"
+    )
     r.add_argument("--json", action="store_true", help="machine-readable output")
     _add_seek_args(r)
     e = sub.add_parser("eval", help="seek over a data-set file, one JSONL row per problem")
