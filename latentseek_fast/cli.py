@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--problem", default=None, help="question text (default: a demo problem)")
     r.add_argument("--gold", default=None, help="ground-truth answer of --problem (enables PSRM)")
     r.add_argument(
-        "--demo", type=int, default=1, help="index of the demo problem (default 1: greedy decoding gets it wrong)"
+        "--demo", type=int, default=1, help="index of the demo problem (default 1: greedy gets it wrong)"
     )
     r.add_argument("--json", action="store_true", help="machine-readable output")
     _add_seek_args(r)
