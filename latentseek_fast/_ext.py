@@ -39,8 +39,7 @@ def load() -> bool:
                 "rebuild with `pip install --no-build-isolation -e .` (LATENTSEEK_NO_EXT=1 skips it)"
             )
             _loaded = False
-            say_once("ext-unavailable", f"native ops off, using the torch fallback: {_reason}",
-                     logging.INFO)
+            say_once("ext-unavailable", f"native ops off, using the torch fallback: {_reason}", logging.INFO)
             return False
         _loaded = True
         _reason = None

@@ -82,7 +82,7 @@ def last_boxed(text: str) -> str | None:
                 elif text[j] == "}":
                     depth -= 1
                     if depth == 0:
-                        return text[i + 1:j]
+                        return text[i + 1 : j]
             continue  # unbalanced: try an earlier box
         tail = re.match(r"[^\s$]+", text[i:])
         if tail and i > m.end():
@@ -100,7 +100,7 @@ def _balanced_objects(text: str):
             elif text[j] == "}":
                 depth -= 1
                 if depth == 0:
-                    yield start, text[start:j + 1]
+                    yield start, text[start : j + 1]
                     break
 
 
@@ -114,7 +114,7 @@ def _fix_escapes(s: str) -> str:
         if tok == "\\\\":
             return tok
         nxt, after = m.group(1), m.group(2)
-        if nxt in "\"/":
+        if nxt in '"/':
             return tok
         if nxt == "u" and re.match(r"[0-9a-fA-F]", after or ""):
             return tok
@@ -323,9 +323,22 @@ def normalize_math_string(s: str) -> str:
     commands, ``\\text{}`` wrappers, degree marks or ``\\%``; ``\\dfrac``/``\\tfrac`` -> ``\\frac``."""
     s = _clean_math(str(s))
     s = _text_commands_to_plain(s)
-    for a, b in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", ""),
-                 ("\\%", ""), ("%", ""), ("\\$", ""), ("$", "")):
+    for a, b in (
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\:", ""),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^\\circ", ""),
+        ("^{\\circ}", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("\\$", ""),
+        ("$", ""),
+    ):
         s = s.replace(a, b)
     s = re.sub(r"\s+", "", s)
     s = s.rstrip(".")

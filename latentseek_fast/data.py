@@ -92,9 +92,11 @@ def _rows_from_json_value(value, path: Path) -> list[dict]:
             return [dict(zip(names, vals)) for vals in zip(*lists.values())]
         if len(value) == 1 and isinstance(next(iter(value.values())), dict):
             return _rows_from_json_value(next(iter(value.values())), path)
-    raise ValueError(f"{path}: expected a JSON list of rows or an object such as {{\"data\": [...]}}, "
-                     f"got {type(value).__name__}"
-                     + (f" with keys {sorted(value)[:10]}" if isinstance(value, dict) else ""))
+    raise ValueError(
+        f'{path}: expected a JSON list of rows or an object such as {{"data": [...]}}, '
+        f"got {type(value).__name__}"
+        + (f" with keys {sorted(value)[:10]}" if isinstance(value, dict) else "")
+    )
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -110,13 +112,16 @@ def _read_folder(path: Path, split: str | None) -> list[dict]:
     dict_file = path / "dataset_dict.json"
     if dict_file.is_file():  # DatasetDict.save_to_disk: one folder per split
         splits = json.loads(dict_file.read_text()).get("splits") or sorted(
-            p.name for p in path.iterdir() if p.is_dir())
+            p.name for p in path.iterdir() if p.is_dir()
+        )
         if split is None:
             split = "test" if "test" in splits else (splits[0] if len(splits) == 1 else None)
         if split is None or split not in splits:
             asked = f"no split {split!r}: " if split is not None else ""
-            raise ValueError(f"{path}: {asked}it holds the splits {splits}; choose one with split= "
-                             f"or pass the split folder, e.g. {path / splits[0]}")
+            raise ValueError(
+                f"{path}: {asked}it holds the splits {splits}; choose one with split= "
+                f"or pass the split folder, e.g. {path / splits[0]}"
+            )
         return _read_folder(path / split, None)
     state = path / "state.json"
     if state.is_file():
@@ -126,8 +131,10 @@ def _read_folder(path: Path, split: str | None) -> list[dict]:
         paths = sorted(path.glob("*.arrow")) or sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))
     if not paths:
         present = sorted(p.name for p in path.iterdir())[:20]
-        raise ValueError(f"{path}: no state.json, dataset_dict.json or data files (*.arrow, *.parquet, "
-                         f"*.jsonl) found; it contains {present}")
+        raise ValueError(
+            f"{path}: no state.json, dataset_dict.json or data files (*.arrow, *.parquet, "
+            f"*.jsonl) found; it contains {present}"
+        )
     rows: list[dict] = []
     for p in paths:
         rows.extend(_read_file(p))
@@ -144,8 +151,10 @@ def _read_file(path: Path) -> list[dict]:
         return _read_parquet(path)
     if suffix == ".arrow":
         return _read_arrow_file(path)
-    raise ValueError(f"{path}: unknown file type {suffix!r}; expected .jsonl, .json, .parquet, .arrow "
-                     "or a datasets.save_to_disk folder")
+    raise ValueError(
+        f"{path}: unknown file type {suffix!r}; expected .jsonl, .json, .parquet, .arrow "
+        "or a datasets.save_to_disk folder"
+    )
 
 
 def read_rows(path, split: str | None = None) -> list[dict]:
@@ -194,9 +203,11 @@ def detect_dataset(fields: list[str], path=None) -> str:
         return "math500"
     if hint is not None:
         return hint
-    raise ValueError(f"cannot tell the data set from the fields {fields}"
-                     + (f" or the file name {Path(path).name!r}" if path is not None else "")
-                     + f"; pass dataset= (one of {DATASETS}) and, if needed, question_field=/answer_field=")
+    raise ValueError(
+        f"cannot tell the data set from the fields {fields}"
+        + (f" or the file name {Path(path).name!r}" if path is not None else "")
+        + f"; pass dataset= (one of {DATASETS}) and, if needed, question_field=/answer_field="
+    )
 
 
 def _gold(value, dataset: str) -> str | None:
@@ -212,8 +223,13 @@ def _gold(value, dataset: str) -> str | None:
     return text
 
 
-def load_problems(path, dataset: str | None = None, question_field: str | None = None,
-                  answer_field: str | None = None, split: str | None = None) -> list[Problem]:
+def load_problems(
+    path,
+    dataset: str | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    split: str | None = None,
+) -> list[Problem]:
     """Read ``path`` (JSONL, JSON, Parquet, Arrow or a ``save_to_disk`` folder) into Problems.
 
     ``dataset`` is one of DATASETS, or None to detect it from the fields and the file name.
@@ -254,11 +270,13 @@ def load_problems(path, dataset: str | None = None, question_field: str | None =
         if dataset == "gsm8k" and row[a_name] is not None:
             meta["solution"] = row[a_name]
         pid = row.get(id_name) if id_name else None
-        problems.append(Problem(
-            id=str(pid) if pid is not None else f"{dataset}-{i}",
-            question=question,
-            gold=_gold(row[a_name], dataset),
-            dataset=dataset,
-            meta=meta,
-        ))
+        problems.append(
+            Problem(
+                id=str(pid) if pid is not None else f"{dataset}-{i}",
+                question=question,
+                gold=_gold(row[a_name], dataset),
+                dataset=dataset,
+                meta=meta,
+            )
+        )
     return problems

@@ -30,8 +30,9 @@ def get_demo(index_or_id: int | str) -> Problem:
         try:
             index_or_id = int(index_or_id)
         except ValueError:
-            raise ValueError(f"demo={index_or_id!r}: no such id; choose one of {ids} "
-                             f"or an index 0..{len(problems) - 1}") from None
+            raise ValueError(
+                f"demo={index_or_id!r}: no such id; choose one of {ids} or an index 0..{len(problems) - 1}"
+            ) from None
     if isinstance(index_or_id, int) and -len(problems) <= index_or_id < len(problems):
         return problems[index_or_id]
     raise ValueError(f"demo={index_or_id!r}: expected an index 0..{len(problems) - 1} or one of {ids}")

@@ -58,7 +58,8 @@ def render_chat(tokenizer, system: str | None, user: str) -> str:
     global _warned_no_template
     if has_chat_template(tokenizer):
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}]
+            {"role": "user", "content": user}
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not _warned_no_template:
         _warned_no_template = True

@@ -18,10 +18,22 @@ GSM_ROWS = [
     {"question": "A farm sells 1,200 eggs twice. How many eggs?", "answer": "2 * 1200 = 2400\n#### 2,400"},
 ]
 MATH_ROWS = [
-    {"problem": "What is $1/2 + 1/4$?", "solution": "...", "answer": "\\frac{3}{4}", "subject": "Algebra",
-     "level": 1, "unique_id": "test/algebra/1.json"},
-    {"problem": "Compute $2^3$.", "solution": "...", "answer": "8", "subject": "Algebra", "level": 1,
-     "unique_id": "test/algebra/2.json"},
+    {
+        "problem": "What is $1/2 + 1/4$?",
+        "solution": "...",
+        "answer": "\\frac{3}{4}",
+        "subject": "Algebra",
+        "level": 1,
+        "unique_id": "test/algebra/1.json",
+    },
+    {
+        "problem": "Compute $2^3$.",
+        "solution": "...",
+        "answer": "8",
+        "subject": "Algebra",
+        "level": 1,
+        "unique_id": "test/algebra/2.json",
+    },
 ]
 AIME_ROWS = [
     {"ID": "2024-I-1", "Problem": "Find the remainder ...", "Solution": "...", "Answer": 33},
@@ -45,15 +57,30 @@ def _save_to_disk_layout(folder: Path, rows, split="test", shards=1):
         with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table.slice(k * per, per))
         names.append(name)
-    (folder / "dataset_info.json").write_text(json.dumps({
-        "citation": "", "description": "", "homepage": "", "license": "",
-        "features": {f.name: {"dtype": str(f.type), "_type": "Value"} for f in table.schema},
-    }))
-    (folder / "state.json").write_text(json.dumps({
-        "_data_files": [{"filename": n} for n in names], "_fingerprint": "0123456789abcdef",
-        "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-        "_output_all_columns": False, "_split": split,
-    }))
+    (folder / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "citation": "",
+                "description": "",
+                "homepage": "",
+                "license": "",
+                "features": {f.name: {"dtype": str(f.type), "_type": "Value"} for f in table.schema},
+            }
+        )
+    )
+    (folder / "state.json").write_text(
+        json.dumps(
+            {
+                "_data_files": [{"filename": n} for n in names],
+                "_fingerprint": "0123456789abcdef",
+                "_format_columns": None,
+                "_format_kwargs": {},
+                "_format_type": None,
+                "_output_all_columns": False,
+                "_split": split,
+            }
+        )
+    )
     return folder
 
 
@@ -71,8 +98,11 @@ def test_jsonl_autodetects_gsm8k(tmp_path):
 
 @pytest.mark.parametrize("layout", ["list", "data", "columns"])
 def test_json_layouts(tmp_path, layout):
-    value = {"list": GSM_ROWS, "data": {"data": GSM_ROWS, "version": 1},
-             "columns": {k: [r[k] for r in GSM_ROWS] for k in GSM_ROWS[0]}}[layout]
+    value = {
+        "list": GSM_ROWS,
+        "data": {"data": GSM_ROWS, "version": 1},
+        "columns": {k: [r[k] for r in GSM_ROWS] for k in GSM_ROWS[0]},
+    }[layout]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(value))
     _check_gsm(load_problems(path))
@@ -82,8 +112,10 @@ def test_parquet_aime(tmp_path):
     path = tmp_path / "aime_2024.parquet"
     pq.write_table(pa.Table.from_pylist(AIME_ROWS), str(path))
     problems = load_problems(path)
-    assert [(p.id, p.gold, p.dataset) for p in problems] == [("2024-I-1", "33", "aime"),
-                                                              ("2024-I-2", "25", "aime")]
+    assert [(p.id, p.gold, p.dataset) for p in problems] == [
+        ("2024-I-1", "33", "aime"),
+        ("2024-I-2", "25", "aime"),
+    ]
     assert problems[0].meta["Solution"] == "..."
 
 

@@ -186,8 +186,11 @@ def _op_samples(device="cpu"):
     shape = (4, 19)
 
     def base(dtype=torch.float32):
-        return (torch.randn(shape, generator=g).to(device, dtype), torch.zeros(shape, device=device),
-                torch.rand(shape, generator=g).to(device))
+        return (
+            torch.randn(shape, generator=g).to(device, dtype),
+            torch.zeros(shape, device=device),
+            torch.rand(shape, generator=g).to(device),
+        )
 
     direction = torch.randn(shape, generator=g).to(device)
     reward = (torch.rand(4, generator=g) - 1).to(device)
@@ -230,8 +233,15 @@ def test_opcheck_cpu():
     ],
 )
 def test_validation_errors(override, match):
-    args = dict(latents=torch.zeros(4, 8), direction=torch.zeros(4, 8), reward=-1.0,
-                exp_avg=torch.zeros(4, 8), exp_avg_sq=torch.zeros(4, 8), step=1, lr=LR)
+    args = dict(
+        latents=torch.zeros(4, 8),
+        direction=torch.zeros(4, 8),
+        reward=-1.0,
+        exp_avg=torch.zeros(4, 8),
+        exp_avg_sq=torch.zeros(4, 8),
+        step=1,
+        lr=LR,
+    )
     args.update(override)
     with pytest.raises(ValueError, match=match):
         latent_adam_(**args)
@@ -274,8 +284,9 @@ def test_cuda_low_precision_master_matches_cpu_native(dtype):
         direction = torch.randn(shape, generator=g)
         reward = torch.rand(shape[0], generator=g) - 1.0
         latent_adam_(lat_c, direction, reward, mc, vc, step, LR, max_grad_norm=0.5, master=mas_c)
-        latent_adam_(lat_g, direction.cuda(), reward.cuda(), mg, vg, step, LR, max_grad_norm=0.5,
-                     master=mas_g)
+        latent_adam_(
+            lat_g, direction.cuda(), reward.cuda(), mg, vg, step, LR, max_grad_norm=0.5, master=mas_g
+        )
         assert torch.equal(lat_g, mas_g.to(dtype))
         torch.testing.assert_close(mas_g.cpu(), mas_c, rtol=RTOL, atol=ATOL)
 

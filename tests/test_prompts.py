@@ -40,7 +40,7 @@ def test_system_messages(dataset):
 def test_chat_template_prompt(style):
     tok = TemplateTokenizer()
     out = build_prompt(tok, "  What is 2 + 3?  ", "gsm8k", style)
-    (messages, tokenize, gen_prompt), = tok.calls
+    ((messages, tokenize, gen_prompt),) = tok.calls
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[0]["content"] == system_message("gsm8k", style)
     assert messages[1]["content"] == "What is 2 + 3?"

@@ -15,9 +15,23 @@ from latentseek_fast.rewards.self_reward import VERDICT_MARKER, VERIFIERS, parse
 # ---------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -math.inf, None, "abc", "0.5", True,
-                                   np.bool_(False), torch.tensor([0.0, 1.0]), torch.tensor(True),
-                                   [0.0], object()])
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        float("inf"),
+        -math.inf,
+        None,
+        "abc",
+        "0.5",
+        True,
+        np.bool_(False),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor(True),
+        [0.0],
+        object(),
+    ],
+)
 def test_bad_reward_values_raise_naming_value_and_object(value):
     def my_reward(q, a):
         return value
@@ -28,8 +42,19 @@ def test_bad_reward_values_raise_naming_value_and_object(value):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("value", [0, -1, 0.5, np.float32(-0.25), np.int64(-1), np.array(-0.5),
-                                   torch.tensor(-0.5), torch.tensor(-1, dtype=torch.int64)])
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -1,
+        0.5,
+        np.float32(-0.25),
+        np.int64(-1),
+        np.array(-0.5),
+        torch.tensor(-0.5),
+        torch.tensor(-1, dtype=torch.int64),
+    ],
+)
 def test_numbers_come_back_as_python_float(value):
     out = as_reward(lambda q, a: value)("q", "a")
     assert type(out) is float and out == float(value)
@@ -81,22 +106,25 @@ def test_psrm():
 # ---------------------------------------------------------------------------- self-reward
 
 
-@pytest.mark.parametrize("reply, approved", [
-    ("All steps check out.\nVerdict: True", True),
-    ("Verdict: False", False),
-    ("**Verdict:** **True**", True),
-    ("verdict: TRUE.", True),
-    ("VERDICT: false", False),
-    ("Verdict: True at first... on second thought, Verdict: False", False),
-    ("Verdict: False. Wait, recomputing: Verdict: True", True),
-    ("Verdict: yes", False),  # only "true"/"false" count, as in the research code
-    ("Verdict: Correct, all good", False),
-    ("Verdict: no", False),
-    ("Verdict: maybe", False),
-    ("Verdict:", False),
-    ("The answer is True", False),  # no marker
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "reply, approved",
+    [
+        ("All steps check out.\nVerdict: True", True),
+        ("Verdict: False", False),
+        ("**Verdict:** **True**", True),
+        ("verdict: TRUE.", True),
+        ("VERDICT: false", False),
+        ("Verdict: True at first... on second thought, Verdict: False", False),
+        ("Verdict: False. Wait, recomputing: Verdict: True", True),
+        ("Verdict: yes", False),  # only "true"/"false" count, as in the research code
+        ("Verdict: Correct, all good", False),
+        ("Verdict: no", False),
+        ("Verdict: maybe", False),
+        ("Verdict:", False),
+        ("The answer is True", False),  # no marker
+        ("", False),
+    ],
+)
 def test_parse_verdict(reply, approved):
     assert parse_verdict(reply) is approved
 
@@ -133,15 +161,18 @@ def _scripted(monkeypatch, verdicts: dict[str, bool]):
     return FakeTokenizer(replies), calls
 
 
-@pytest.mark.parametrize("rejected, expected", [
-    ((), 0.0),
-    (("calculation",), -2 / 6),
-    (("answer",), -1 / 6),
-    (("completeness",), -2 / 6),
-    (("understanding",), -1 / 6),
-    (("calculation", "understanding"), -3 / 6),
-    (tuple(NAMES), -1.0),
-])
+@pytest.mark.parametrize(
+    "rejected, expected",
+    [
+        ((), 0.0),
+        (("calculation",), -2 / 6),
+        (("answer",), -1 / 6),
+        (("completeness",), -2 / 6),
+        (("understanding",), -1 / 6),
+        (("calculation", "understanding"), -3 / 6),
+        (tuple(NAMES), -1.0),
+    ],
+)
 def test_self_reward_arithmetic(monkeypatch, rejected, expected):
     tok, calls = _scripted(monkeypatch, {n: n not in rejected for n in NAMES})
     reward = SelfReward(None, tok, max_new_tokens=7)
@@ -149,20 +180,23 @@ def test_self_reward_arithmetic(monkeypatch, rejected, expected):
     assert reward("How many apples?", answer) == pytest.approx(expected)
     assert reward.last_verdicts == {n: n not in rejected for n in NAMES}
     assert set(reward.last_replies) == set(NAMES)
-    (prompts, max_new), = calls  # one batch with the four verifiers
+    ((prompts, max_new),) = calls  # one batch with the four verifiers
     assert max_new == 7 and len(prompts) == 4
     for p in prompts:
         assert "How many apples?" in p and r"3 + 4 = 7, so \boxed{7}<" not in p  # stop token stripped
         assert r"\boxed{7}" in p and VERDICT_MARKER in p
 
 
-@pytest.mark.parametrize("answer, rejected, expected", [
-    (r"so \boxed{7}", (), 0.0),
-    ("so the answer is 7", (), -2 / 6),
-    ("so the answer is 7", ("calculation",), -4 / 6),
-    ("so the answer is 7", tuple(NAMES), -8 / 6),
-    (r"so \boxed{7", (), -2 / 6),  # unbalanced box does not count
-])
+@pytest.mark.parametrize(
+    "answer, rejected, expected",
+    [
+        (r"so \boxed{7}", (), 0.0),
+        ("so the answer is 7", (), -2 / 6),
+        ("so the answer is 7", ("calculation",), -4 / 6),
+        ("so the answer is 7", tuple(NAMES), -8 / 6),
+        (r"so \boxed{7", (), -2 / 6),  # unbalanced box does not count
+    ],
+)
 def test_self_reward_format_rule(monkeypatch, answer, rejected, expected):
     tok, _ = _scripted(monkeypatch, {n: n not in rejected for n in NAMES})
     assert SelfReward(None, tok, format_rule=True)("q", answer) == pytest.approx(expected)
@@ -234,7 +268,8 @@ def test_finished_rows_leave_the_batch(small, monkeypatch):
     monkeypatch.setattr(G, "stop_token_ids", lambda tokenizer, model=None: stop)
     batch_sizes = []
     handle = model.register_forward_pre_hook(
-        lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         batched = G.greedy_generate_batch(model, tok, PROMPTS, 16)
     finally:
@@ -259,10 +294,16 @@ class PastKeyValuesModel(torch.nn.Module):
         self.config = inner.config
         self.generation_config = inner.generation_config
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=None):
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, use_cache=use_cache)
+    def forward(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None
+    ):
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
 
 
 def test_both_cache_keywords(small):
@@ -292,8 +333,13 @@ def test_real_model_batched_matches_sequential(smol):
     from latentseek_fast.prompts import build_prompt
 
     model, tok = smol
-    prompts = [build_prompt(tok, q) for q in ("Add 7 and 8.", "Tom has 3 apples and buys 4 more apples. "
-                                              "How many apples does he have now?")]
+    prompts = [
+        build_prompt(tok, q)
+        for q in (
+            "Add 7 and 8.",
+            "Tom has 3 apples and buys 4 more apples. How many apples does he have now?",
+        )
+    ]
     batched = G.greedy_generate_batch(model, tok, prompts, 4)
     assert batched == [G.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
     assert tok.convert_tokens_to_ids("<|im_end|>") in G.stop_token_ids(tok, model)
@@ -306,5 +352,7 @@ def test_real_model_self_reward_runs(smol):
     r = reward("What is 2 + 3?", r"2 + 3 = 5, so \boxed{5}<|im_end|>")
     assert type(r) is float and r in {-k / 6 for k in range(7)}
     assert set(reward.last_replies) == set(NAMES)
-    assert all("<|im_end|>" not in p.split("<|im_start|>user")[1].split("<|im_end|>")[0]
-               for p in reward.last_prompts.values())
+    assert all(
+        "<|im_end|>" not in p.split("<|im_start|>user")[1].split("<|im_end|>")[0]
+        for p in reward.last_prompts.values()
+    )

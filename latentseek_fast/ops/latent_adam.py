@@ -46,8 +46,21 @@ _LATENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _IMPLS = ("auto", "native", "torch")
 
 
-def _latent_adam_fake(latents, exp_avg, exp_avg_sq, master, direction, reward, reward_scalar, step,
-                      lr, beta1, beta2, eps, max_grad_norm):
+def _latent_adam_fake(
+    latents,
+    exp_avg,
+    exp_avg_sq,
+    master,
+    direction,
+    reward,
+    reward_scalar,
+    step,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    max_grad_norm,
+):
     """Fake (meta) kernel: the op only mutates its inputs and returns nothing."""
     return None
 
@@ -83,8 +96,9 @@ def _check_tensor(name: str, t, *, shape, device, dtypes) -> None:
         raise ValueError(f"{name} is on {t.device}; expected the latents' device {device}")
 
 
-def _validate(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-              max_grad_norm, master, impl):
+def _validate(
+    latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, max_grad_norm, master, impl
+):
     """Check everything before any work; return normalised (reward, step, max_norm, ...)."""
     if impl not in _IMPLS:
         raise ValueError(f"impl={impl!r}; allowed: {', '.join(map(repr, _IMPLS))}")
@@ -96,8 +110,13 @@ def _validate(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, 
         raise ValueError(f"latents have dtype {latents.dtype}; allowed: float32, bfloat16, float16")
     shape, device = latents.shape, latents.device
     f32 = (torch.float32,)
-    _check_tensor("direction", direction, shape=shape, device=device,
-                  dtypes=tuple(dict.fromkeys((torch.float32, latents.dtype))))
+    _check_tensor(
+        "direction",
+        direction,
+        shape=shape,
+        device=device,
+        dtypes=tuple(dict.fromkeys((torch.float32, latents.dtype))),
+    )
     _check_tensor("exp_avg", exp_avg, shape=shape, device=device, dtypes=f32)
     _check_tensor("exp_avg_sq", exp_avg_sq, shape=shape, device=device, dtypes=f32)
     if master is not None:
@@ -119,16 +138,19 @@ def _validate(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, 
         if reward.dim() == 0:
             reward = reward.reshape(1).expand(shape[0])
         elif tuple(reward.shape) != (shape[0],):
-            raise ValueError(f"reward has shape {tuple(reward.shape)}; expected a float or a [{shape[0]}] "
-                             "tensor (one reward per latent row)")
+            raise ValueError(
+                f"reward has shape {tuple(reward.shape)}; expected a float or a [{shape[0]}] "
+                "tensor (one reward per latent row)"
+            )
         reward = reward.to(torch.float32).contiguous()
     else:
         reward = check_finite_float("reward", reward)
 
     if isinstance(step, bool):
         raise ValueError(f"step={step!r}: expected an int >= 1 (the 1-based update count)")
-    if isinstance(step, torch.Tensor) or (isinstance(step, numbers.Real)
-                                          and not isinstance(step, numbers.Integral)):
+    if isinstance(step, torch.Tensor) or (
+        isinstance(step, numbers.Real) and not isinstance(step, numbers.Integral)
+    ):
         value = float(step)
         if not (math.isfinite(value) and value.is_integer()):
             raise ValueError(f"step={step!r}: expected an int >= 1 (the 1-based update count)")
@@ -139,8 +161,9 @@ def _validate(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, 
         except TypeError:
             raise ValueError(f"step={step!r}: expected an int >= 1 (the 1-based update count)") from None
     if step < 1:
-        raise ValueError(f"step={step}: expected an int >= 1 (torch.optim.Adam's state['step'] after "
-                         "its increment)")
+        raise ValueError(
+            f"step={step}: expected an int >= 1 (torch.optim.Adam's state['step'] after its increment)"
+        )
 
     lr = check_finite_float("lr", lr)
     if lr < 0:
@@ -162,8 +185,9 @@ def _validate(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, 
 
 
 @torch.no_grad()
-def _latent_adam_torch(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                       max_norm, master) -> None:
+def _latent_adam_torch(
+    latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, max_norm, master
+) -> None:
     """Plain-torch twin of the native op (arguments already validated and normalised)."""
     d32 = direction.to(torch.float32)
     grad = reward[:, None] * d32 if isinstance(reward, torch.Tensor) else reward * d32
@@ -243,8 +267,20 @@ def latent_adam_(
     gradients propagate as in ``torch.optim.Adam``.
     """
     reward, step, lr, beta1, beta2, eps, max_norm = _validate(
-        latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-        max_grad_norm, master, impl)
+        latents,
+        direction,
+        reward,
+        exp_avg,
+        exp_avg_sq,
+        step,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        max_grad_norm,
+        master,
+        impl,
+    )
 
     use_native = False
     if impl != "torch":
@@ -254,12 +290,15 @@ def latent_adam_(
         elif impl == "native":
             raise RuntimeError(f"latent_adam_(impl='native') is unavailable: {why}")
         else:
-            say_once(f"latent_adam-fallback-{latents.device.type}",
-                     f"latent_adam_: using the torch fallback ({why})")
+            say_once(
+                f"latent_adam-fallback-{latents.device.type}",
+                f"latent_adam_: using the torch fallback ({why})",
+            )
 
     if not use_native:
-        _latent_adam_torch(latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2,
-                           eps, max_norm, master)
+        _latent_adam_torch(
+            latents, direction, reward, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, max_norm, master
+        )
         return latents
 
     mutated = [latents, exp_avg, exp_avg_sq, master]
@@ -267,8 +306,20 @@ def latent_adam_(
     reward_t = reward if isinstance(reward, torch.Tensor) else None
     reward_s = 0.0 if reward_t is not None else reward
     torch.ops.latentseek.latent_adam_.default(
-        work[0], work[1], work[2], work[3], direction.contiguous(), reward_t, reward_s, step, lr,
-        beta1, beta2, eps, max_norm)
+        work[0],
+        work[1],
+        work[2],
+        work[3],
+        direction.contiguous(),
+        reward_t,
+        reward_s,
+        step,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        max_norm,
+    )
     for orig, w in zip(mutated, work):
         if w is not orig:
             orig.copy_(w)

@@ -31,8 +31,9 @@ def check_reward_value(value, source=None) -> float:
     where = f" from reward {_describe(source)}" if source is not None else ""
 
     def bad(why: str):
-        return RewardError(f"reward value {value!r} ({type(value).__name__}){where}: {why}; "
-                           "expected a finite real number")
+        return RewardError(
+            f"reward value {value!r} ({type(value).__name__}){where}: {why}; expected a finite real number"
+        )
 
     if value is None or isinstance(value, (bool, str, bytes)):
         raise bad("not a number")
@@ -110,5 +111,7 @@ def as_reward(obj) -> Reward:
         return _GetRewardAdapter(obj)
     if callable(obj):
         return _CallableAdapter(obj)
-    raise TypeError(f"reward {obj!r} ({type(obj).__name__}): expected a Reward, an object with "
-                    "get_reward(question, solution), or a callable (question, answer) -> number")
+    raise TypeError(
+        f"reward {obj!r} ({type(obj).__name__}): expected a Reward, an object with "
+        "get_reward(question, solution), or a callable (question, answer) -> number"
+    )

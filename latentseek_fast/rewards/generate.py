@@ -71,8 +71,9 @@ def _pad_id(tokenizer) -> int:
 
 
 @torch.no_grad()
-def greedy_generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, *,
-                          add_special_tokens: bool = False) -> list[list[int]]:
+def greedy_generate_batch(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, *, add_special_tokens: bool = False
+) -> list[list[int]]:
     """Greedily continue every prompt; returns the new token ids of each prompt, in order.
 
     ``prompts`` are complete texts (already chat-templated), so by default no special tokens
@@ -96,8 +97,8 @@ def greedy_generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: 
     input_ids = torch.full((n, width), _pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, ids in enumerate(encoded):  # left padding
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[i, width - len(ids):] = 1
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
 
@@ -108,8 +109,14 @@ def greedy_generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: 
 
     outputs: list[list[int]] = [[] for _ in range(n)]
     rows = torch.arange(n, device=device)  # original index of each row still in the batch
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                use_cache=True, **{kw: cache}, **extra)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{kw: cache},
+        **extra,
+    )
     last_pos = position_ids[:, -1]
     for step in range(max_new_tokens):
         next_tok = out.logits[:, -1, :].argmax(dim=-1)
@@ -124,6 +131,12 @@ def greedy_generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: 
             rows, next_tok, mask, last_pos = rows[keep], next_tok[keep], mask[keep], last_pos[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=next_tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                    use_cache=True, **{kw: cache}, **extra)
+        out = model(
+            input_ids=next_tok[:, None],
+            attention_mask=mask,
+            position_ids=last_pos[:, None],
+            use_cache=True,
+            **{kw: cache},
+            **extra,
+        )
     return outputs

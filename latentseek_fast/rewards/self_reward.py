@@ -24,21 +24,35 @@ VERDICT_MARKER = "Verdict:"
 TOTAL_WEIGHT = 6
 FORMAT_PENALTY = 2
 
-_SYSTEM = ("You are a strict grader of math solutions. Check the solution as instructed, explain "
-           "your check briefly, and end your reply with a last line that reads exactly "
-           f"'{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'.")
+_SYSTEM = (
+    "You are a strict grader of math solutions. Check the solution as instructed, explain "
+    "your check briefly, and end your reply with a last line that reads exactly "
+    f"'{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'."
+)
 
 # name -> (weight, instruction)
 VERIFIERS: dict[str, tuple[int, str]] = {
-    "calculation": (2, "Go through the solution and redo each calculation it makes yourself, one by "
-                       "one. Are all of its calculations arithmetically right?"),
-    "answer": (1, "Work out whether the final answer that the solution gives is the correct answer "
-                  "to the question. Is the final answer correct?"),
-    "completeness": (2, "Look at how the solution ends. Does it finish with one complete, explicitly "
-                        "stated final answer (not an unfinished calculation, a range of guesses, or "
-                        "no answer at all)?"),
-    "understanding": (1, "Read the question carefully. Does the solution understand what is asked and "
-                         "answer that exact question, rather than a different one?"),
+    "calculation": (
+        2,
+        "Go through the solution and redo each calculation it makes yourself, one by "
+        "one. Are all of its calculations arithmetically right?",
+    ),
+    "answer": (
+        1,
+        "Work out whether the final answer that the solution gives is the correct answer "
+        "to the question. Is the final answer correct?",
+    ),
+    "completeness": (
+        2,
+        "Look at how the solution ends. Does it finish with one complete, explicitly "
+        "stated final answer (not an unfinished calculation, a range of guesses, or "
+        "no answer at all)?",
+    ),
+    "understanding": (
+        1,
+        "Read the question carefully. Does the solution understand what is asked and "
+        "answer that exact question, rather than a different one?",
+    ),
 }
 
 # Trailing stop/special tokens a decoded answer may end with.
@@ -54,7 +68,7 @@ def parse_verdict(reply: str, marker: str = VERDICT_MARKER) -> bool:
     pos = text.rfind(marker.replace("*", "").lower())
     if pos < 0:
         return False
-    after = text[pos + len(marker):]
+    after = text[pos + len(marker) :]
     if "true" in after:
         return True
     if "false" in after:
@@ -85,8 +99,9 @@ class SelfReward(Reward):
     """The model as its own verifier. ``verdicts()`` gives the per-verifier verdicts; the last
     prompts, replies and verdicts are kept in ``last_prompts``/``last_replies``/``last_verdicts``."""
 
-    def __init__(self, model, tokenizer, *, format_rule: bool = False, max_new_tokens: int = 4096,
-                 batched: bool = True):
+    def __init__(
+        self, model, tokenizer, *, format_rule: bool = False, max_new_tokens: int = 4096, batched: bool = True
+    ):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
         self.model = model
@@ -102,8 +117,10 @@ class SelfReward(Reward):
         solution = strip_trailing_special(answer, self.tokenizer)
         prompts = {}
         for name, (_, instruction) in VERIFIERS.items():
-            user = (f"Question:\n{question.strip()}\n\nSolution:\n{solution}\n\n{instruction}\n"
-                    f"Finish with '{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'.")
+            user = (
+                f"Question:\n{question.strip()}\n\nSolution:\n{solution}\n\n{instruction}\n"
+                f"Finish with '{VERDICT_MARKER} True' or '{VERDICT_MARKER} False'."
+            )
             prompts[name] = render_chat(self.tokenizer, _SYSTEM, user)
         return prompts
 
@@ -137,5 +154,7 @@ class SelfReward(Reward):
         return self.score_verdicts(self.verdicts(question, answer), answer)
 
     def __repr__(self) -> str:
-        return (f"SelfReward(model={type(self.model).__name__}, format_rule={self.format_rule}, "
-                f"max_new_tokens={self.max_new_tokens}, batched={self.batched})")
+        return (
+            f"SelfReward(model={type(self.model).__name__}, format_rule={self.format_rule}, "
+            f"max_new_tokens={self.max_new_tokens}, batched={self.batched})"
+        )
