@@ -6,6 +6,7 @@ are resolved to ids once per tokenizer, never by decoding text inside the loop.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass, field
@@ -58,16 +59,16 @@ def stop_ids(tokenizer, eos_only: bool = False) -> frozenset[int]:
     return ids_decoding_to(tokenizer, (eos,) if eos_only else STOP_WORDS + ((eos,) if eos else ()))
 
 
-_CACHE_KW: dict[type, str] = {}
+@functools.lru_cache(maxsize=64)
+def forward_params(cls: type) -> frozenset[str]:
+    """The keyword names of ``cls.forward`` (cached per class)."""
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
-def _cache_keyword(backbone) -> str:
-    """transformers >= 5.20 names the forward's cache argument ``cache``; older ones ``past_key_values``."""
-    cls = type(backbone)
-    if cls not in _CACHE_KW:
-        params = inspect.signature(backbone.forward).parameters
-        _CACHE_KW[cls] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KW[cls]
+def cache_keyword(module) -> str:
+    """The forward keyword taking the KV cache: ``cache`` in transformers >= 5.20, else the older
+    ``past_key_values`` (5.24 still accepts it with a FutureWarning; the GPU image has 5.17)."""
+    return "cache" if "cache" in forward_params(type(module)) else "past_key_values"
 
 
 def new_cache(model):
@@ -96,7 +97,7 @@ def truncate_cache(cache, keep: int) -> None:
 def hidden_states(model, ids: torch.Tensor, cache) -> torch.Tensor:
     """Post-final-norm hidden states ``[1, n, d]`` of ``ids`` ``[1, n]``, extending ``cache`` in place."""
     backbone = model.model
-    out = backbone(input_ids=ids, use_cache=True, **{_cache_keyword(backbone): cache})
+    out = backbone(input_ids=ids, use_cache=True, **{cache_keyword(backbone): cache})
     return out[0]
 
 

@@ -310,7 +310,7 @@ def test_both_cache_keywords(small):
     model, tok = small
     old = PastKeyValuesModel(model)
     assert G.cache_keyword(model) == "cache" and G.cache_keyword(old) == "past_key_values"
-    new_keyword = "cache" in G._forward_params(type(model))
+    new_keyword = "cache" in G.forward_params(type(model))
     with pytest.warns(FutureWarning) if new_keyword else contextlib.nullcontext():
         via_old = G.greedy_generate_batch(old, tok, PROMPTS[:3], 6)
     assert via_old == G.greedy_generate_batch(model, tok, PROMPTS[:3], 6)

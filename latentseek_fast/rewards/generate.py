@@ -13,35 +13,12 @@ a few steps of the embedded model.
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
+
+from ..decode import cache_keyword, forward_params, new_cache
 
 # Chat stop tokens used by common instruct models, besides the tokenizer's own eos.
 STOP_TOKEN_TEXTS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<end_of_turn>")
-
-
-@functools.lru_cache(maxsize=32)
-def _forward_params(forward_cls: type) -> frozenset:
-    return frozenset(inspect.signature(forward_cls.forward).parameters)
-
-
-def cache_keyword(model) -> str:
-    """The forward keyword that takes the KV cache: ``cache`` (transformers >= 5.2x) or the older
-    ``past_key_values`` (still accepted by 5.24 with a FutureWarning; the GPU image has 5.17)."""
-    params = _forward_params(type(model))
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def new_cache(model):
-    """An empty ``DynamicCache`` for ``model`` (``config=`` where the installed version takes it)."""
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older signature without ``config``
-        return DynamicCache()
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:
@@ -105,7 +82,7 @@ def greedy_generate_batch(
     stops = torch.tensor(sorted(stop_token_ids(tokenizer, model)), dtype=torch.long, device=device)
     cache = new_cache(model)
     kw = cache_keyword(model)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(type(model)) else {}
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(type(model)) else {}
 
     outputs: list[list[int]] = [[] for _ in range(n)]
     rows = torch.arange(n, device=device)  # original index of each row still in the batch
