@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes as S  # noqa: E402
-from harness import bench_device, markdown_table, write_rows  # noqa: E402
+from harness import SEEK_GPU_COLUMNS, bench_device, markdown_table, write_rows  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -210,20 +210,7 @@ def main(argv=None) -> list[dict]:
         )
         path = write_rows(args.out, [row])  # one by one: a stage timeout keeps what was measured
         print(f"{backend:>9}: {wall:.2f} s, latent {tm['latent'] / k * 1e3:.2f} ms/iter", flush=True)
-    cols = [
-        "backend",
-        "T",
-        "L",
-        "iterations",
-        "generate_s",
-        "latent_s_per_iter",
-        "latent_speedup",
-        "decode_s_per_iter",
-        "iteration_s",
-        "latent_share",
-        "wall_s",
-        "same_answer_as_reference",
-    ]
+    cols = SEEK_GPU_COLUMNS
     print()
     print(markdown_table(rows, cols))
     print(f"rows appended to {path}")

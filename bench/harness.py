@@ -312,3 +312,19 @@ STEP_COLUMNS = [
     "agree",
     "status",
 ]
+
+# The GPU seek bench's tabulated columns (printed by bench_seek_gpu.py, summarised by plot.py).
+SEEK_GPU_COLUMNS = [
+    "backend",
+    "T",
+    "L",
+    "iterations",
+    "generate_s",
+    "latent_s_per_iter",
+    "latent_speedup",
+    "decode_s_per_iter",
+    "iteration_s",
+    "latent_share",
+    "wall_s",
+    "same_answer_as_reference",
+]

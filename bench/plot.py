@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, STEP_COLUMNS, markdown_table  # noqa: E402
+from harness import RESULTS, SEEK_GPU_COLUMNS, STEP_COLUMNS, markdown_table  # noqa: E402
 
 # Per bench: the columns naming one configuration (for de-duplication) and those tabulated.
 SPECS = {
@@ -41,22 +41,7 @@ SPECS = {
         ["problem"],
         ["problem", "T", "iterations", "research_s", "ours_s", "speedup", "same_answer", "same_rewards"],
     ),
-    "seek_gpu": (
-        ["model", "backend", "dtype", "device"],
-        [
-            "backend",
-            "T",
-            "L",
-            "iterations",
-            "generate_s",
-            "latent_s_per_iter",
-            "latent_speedup",
-            "decode_s_per_iter",
-            "iteration_s",
-            "latent_share",
-            "same_answer_as_reference",
-        ],
-    ),
+    "seek_gpu": (["model", "backend", "dtype", "device"], SEEK_GPU_COLUMNS),
 }
 
 
