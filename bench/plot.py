@@ -122,6 +122,13 @@ def _bars(ax, cats, series: dict, ylabel, log=False):
     ax.grid(axis="y", alpha=0.3)
 
 
+def _save(fig, path: Path, plt) -> Path:
+    """Write ``fig`` as a 120-dpi PNG at ``path`` and free it."""
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_step(rows, out: Path, plt) -> list[Path]:
     made = []
     for (machine, dtype), grp in by(rows, "machine", "dtype").items():
@@ -149,10 +156,7 @@ def plot_step(rows, out: Path, plt) -> list[Path]:
             log=True,
         )
         fig.tight_layout()
-        path = out / f"step_{slug(machine)}_{slug(dtype)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
+        made.append(_save(fig, out / f"step_{slug(machine)}_{slug(dtype)}.png", plt))
     return made
 
 
@@ -174,10 +178,7 @@ def plot_update(rows, out: Path, plt) -> list[Path]:
         _bars(ax, labels, series, "time per update (us)", log=True)
         ax.set_title(f"latent update (fp32 Adam): {machine}", fontsize=9)
         fig.tight_layout()
-        path = out / f"update_{slug(machine)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
+        made.append(_save(fig, out / f"update_{slug(machine)}.png", plt))
     return made
 
 
@@ -206,10 +207,7 @@ def plot_seek(iteration, whole, out: Path, plt) -> list[Path]:
             ax.set_title("whole seeks with self-reward", fontsize=9)
         fig.suptitle(str(machine), fontsize=9)
         fig.tight_layout()
-        path = out / f"seek_{slug(machine)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
+        made.append(_save(fig, out / f"seek_{slug(machine)}.png", plt))
     return made
 
 
@@ -229,10 +227,7 @@ def plot_seek_gpu(rows, out: Path, plt) -> list[Path]:
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / f"seek_gpu_{slug(machine)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
+        made.append(_save(fig, out / f"seek_gpu_{slug(machine)}.png", plt))
     return made
 
 

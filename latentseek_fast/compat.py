@@ -12,7 +12,7 @@ import torch
 
 from . import decode as D
 from .config import SeekConfig
-from .loop import _Clock, seek_loop
+from .loop import _Clock, _reward_fn, seek_loop
 
 # The research code stops its original generation once more than 1024 tokens were made.
 ORIGINAL_TOKEN_CAP = 1025
@@ -74,10 +74,7 @@ def optimized_generation(
 
     Returns ``(final_answer, reward_history, original_length, optimized_length, update_length)``.
     """
-    from .rewards.base import as_reward
-
-    reward = as_reward(reward_model)
-    score = lambda text: reward(question, text)
+    score = _reward_fn(reward_model, question)
     history_r0 = score(original_answer)
     T = len(original_hidden_states_list)
     update_length = min(int(k * T), 300)

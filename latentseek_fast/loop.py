@@ -195,14 +195,14 @@ def seek(
     """
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     question, gold, dataset = _problem_parts(problem, dataset, style)
-    D.lm_head_of(model)
+    head = D.lm_head_of(model)
     if prompt is None:
         from .prompts import build_prompt
 
         prompt = build_prompt(tokenizer, question, dataset=dataset, style=style)
     reward_obj = make_reward(reward, model, tokenizer, gold, dataset, style)
     score = _reward_fn(reward_obj, question)
-    device = model.get_output_embeddings().weight.device
+    device = head.weight.device
     clock = _Clock()
 
     t0 = time.perf_counter()
