@@ -84,8 +84,6 @@ setup(
         "accelerate",
         "math-verify>=0.7",
         "pyarrow",
-        "pybind11",
-        "ninja",
         "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, baseline, compat  # noqa: E402
-from latentseek_fast.loop import _Clock, seek, seek_loop  # noqa: E402
+from latentseek_fast.loop import PhaseClock, seek, seek_loop  # noqa: E402
 from latentseek_fast.models import load_model  # noqa: E402
 from latentseek_fast.prompts import build_prompt  # noqa: E402
 
@@ -92,10 +92,10 @@ def bench_iteration(model, tok, question, tokens: int, repeats: int) -> list[dic
                         config=cfg,
                         cont_stop=frozenset(),
                         cont_max_tokens=tokens,
-                        clock=_Clock(),
+                        clock=PhaseClock(),
                     )
                 )
-                text = out[1]
+                text = out.text
             times.append(dt)
         texts[way] = text
         med = sorted(times)[len(times) // 2]

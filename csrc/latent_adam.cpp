@@ -376,8 +376,8 @@ void latent_adam_cpu(const at::Tensor& latents, const at::Tensor& exp_avg,
 }  // namespace
 
 TORCH_LIBRARY(latentseek, m) {
-  // Fake (meta) kernel: latentseek_fast/ops/latent_adam.py (torch.library.register_fake).
-  m.set_python_module("latentseek_fast.ops.latent_adam");
+  // Fake (meta) kernel: latentseek_fast/_ext.py, registered when it loads this extension.
+  m.set_python_module("latentseek_fast._ext");
   m.def(
       "latent_adam_(Tensor(a!) latents, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
       "Tensor(d!)? master, Tensor direction, Tensor? reward, float reward_scalar, int step, "

@@ -2,14 +2,16 @@
 new token, the stop test done by decoding each token's text.
 
 It is the slow baseline of ``bench/bench_seek.py`` and an independent oracle for the tests of
-``compat`` and ``seek`` (it shares no decoding code with them).
+``compat`` and ``seek``: it shares no decoding code with them, only the stop words and the
+formula for L, which are definitions rather than code under test.
 """
 
 from __future__ import annotations
 
 import torch
 
-_STOP_WORDS = ("</s>", "<|im_end|>", "<|endoftext|>")
+from .config import update_length
+from .decode import STOP_WORDS
 
 
 @torch.no_grad()
@@ -19,7 +21,7 @@ def _next(model, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def original_generation(input_text, model, tokenizer, device, cap: int = 1024):
-    stops = set(_STOP_WORDS) | {tokenizer.eos_token}
+    stops = set(STOP_WORDS) | {tokenizer.eos_token}
     ids = tokenizer([input_text], return_tensors="pt").input_ids.to(device)
     answer, latents, made = [], [], 0
     while True:
@@ -59,7 +61,7 @@ def optimized_generation(
     reward = float(reward_model.get_reward(question, original_answer))
     history = [reward]
     T = len(original_hidden_states_list)
-    L = min(int(k * T), 300)
+    L = update_length(T, k)
     if L <= 0:
         return original_answer, history, T, 0, L
     P = tokenizer([input_text], return_tensors="pt").input_ids.shape[1]

@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from .config import BACKENDS, LATENT_DTYPES, MODES, SeekConfig
+from .backends import BACKENDS, MODES
+from .config import LATENT_DTYPES, REWARD_NAMES, SeekConfig
 
 
 class CLIError(Exception):
@@ -43,7 +44,7 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task")
     g.add_argument(
         "--reward",
-        choices=("psrm", "self"),
+        choices=REWARD_NAMES,
         default=None,
         help="default: psrm when a ground truth is known, else self",
     )
@@ -53,19 +54,9 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> SeekConfig:
+    """The ``SeekConfig`` of every field the command line sets (argparse dests are field names)."""
     return SeekConfig(
-        lr=args.lr,
-        rho=args.rho,
-        max_steps=args.max_steps,
-        reward_threshold=args.reward_threshold,
-        max_new_tokens=args.max_new_tokens,
-        grad_clip=args.grad_clip,
-        start_index=args.start_index,
-        backend=args.backend,
-        latent_dtype=args.latent_dtype,
-        mode=args.mode,
-        temperature=args.temperature,
-        seed=args.seed,
+        **{name: getattr(args, name) for name in SeekConfig.field_names() if hasattr(args, name)}
     )
 
 
@@ -81,14 +72,18 @@ def _load(args):
 
 
 def _reward(args, model, tokenizer, problem):
-    from .rewards import PSRM, SelfReward
+    """The reward ``--reward``/``--prompt``/``--format-rule`` ask for (``rewards.make_reward``)."""
+    from .rewards import make_reward
 
-    kind = args.reward or ("psrm" if problem.gold is not None else "self")
-    if kind == "psrm":
-        if problem.gold is None:
-            raise CLIError("--reward psrm needs a ground truth (--gold, or a data set with answers)")
-        return PSRM(problem.gold, dataset=problem.dataset, style=args.prompt)
-    return SelfReward(model, tokenizer, format_rule=args.format_rule)
+    return make_reward(
+        args.reward,
+        model=model,
+        tokenizer=tokenizer,
+        gold=problem.gold,
+        dataset=problem.dataset,
+        style=args.prompt,
+        format_rule=args.format_rule,
+    )
 
 
 def _judge(problem, text, style):

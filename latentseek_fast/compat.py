@@ -1,6 +1,7 @@
 """Drop-in replacements for the research code's ``original_generation`` / ``optimized_generation``.
 
-Same arguments, same return values, same stop rules (LATENTSEEK.md section 5), with a KV cache
+Same arguments, same return values, same stop rules (``docs/algorithm.md``, "Interface details of
+the research code"), with a KV cache
 instead of re-running the whole sequence per token. By default the latent step is the research
 code's own (autograd, ``torch.optim.Adam`` on model-dtype latents), so an fp32 model gives the same
 answers; ``configure(backend="auto", latent_dtype="fp32")`` switches to the fused fast path.
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from . import decode as D
-from .config import SeekConfig
-from .loop import _Clock, _reward_fn, seek_loop
+from . import decode
+from .config import SeekConfig, update_length
+from .loop import PhaseClock, seek_loop
+from .rewards import bind_question
 
 # The research code stops its original generation once more than 1024 tokens were made.
 ORIGINAL_TOKEN_CAP = 1025
@@ -39,11 +41,13 @@ def original_generation(input_text, model, tokenizer, device):
     kept, one ``[1, d]`` latent per generated token (stop token included), and the prompt plus
     every generated token but a final stop token, ``[1, P + T - 1]``.
     """
-    D.lm_head_of(model)
+    decode.lm_head_of(model)
     prompt_ids = tokenizer([input_text], return_tensors="pt").input_ids.to(device)
-    cache = D.new_cache(model)
-    h = D.prefill(model, prompt_ids, cache)
-    gen = D.greedy_continue(model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP)
+    cache = decode.new_cache(model)
+    h = decode.prefill(model, prompt_ids, cache)
+    gen = decode.greedy_continue(
+        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP
+    )
     kept = gen.ids[:-1] if gen.stopped_by == "stop" else gen.ids
     input_ids = torch.cat(
         [prompt_ids, torch.tensor([kept], dtype=torch.long, device=prompt_ids.device)], dim=1
@@ -74,12 +78,12 @@ def optimized_generation(
 
     Returns ``(final_answer, reward_history, original_length, optimized_length, update_length)``.
     """
-    score = _reward_fn(reward_model, question)
+    score = bind_question(reward_model, question)
     history_r0 = score(original_answer)
     T = len(original_hidden_states_list)
-    update_length = min(int(k * T), 300)
-    if update_length <= 0:
-        return original_answer, [history_r0], T, 0, update_length
+    L = update_length(T, k)
+    if L <= 0:
+        return original_answer, [history_r0], T, 0, L
     config = SeekConfig(
         lr=lr,
         rho=k,
@@ -94,7 +98,7 @@ def optimized_generation(
     input_ids = torch.as_tensor(input_ids).to(device)
     latents = torch.cat([torch.as_tensor(h).reshape(1, -1) for h in original_hidden_states_list]).to(device)
     answer_ids = input_ids[0, P:].tolist()
-    ids, text, history, _, _, _ = seek_loop(
+    out = seek_loop(
         model,
         tokenizer,
         prompt_ids=input_ids[:, :P],
@@ -103,9 +107,9 @@ def optimized_generation(
         r0=history_r0,
         score=score,
         config=config,
-        cont_stop=D.stop_ids(tokenizer, eos_only=True),
+        cont_stop=decode.stop_ids(tokenizer, eos_only=True),
         cont_max_tokens=max_new_tokens + 1,
-        clock=_Clock(),
+        clock=PhaseClock(),
     )
-    final = original_answer if ids is None else text
-    return final, history, T, len(tokenizer.encode(final)), update_length
+    final = original_answer if out.ids is None else out.text
+    return final, out.rewards, T, len(tokenizer.encode(final)), L

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-BACKENDS = ("auto", "reference", "torch", "triton")
-MODES = ("greedy", "sample")
+from .backends import BACKENDS, MODES
+
 LATENT_DTYPES = ("fp32", "model")
+# Rewards that can be named instead of passed as objects (built by ``rewards.make_reward``).
+REWARD_NAMES = ("psrm", "self")
+# The research code never optimises more than 300 latents, however long the answer.
+MAX_UPDATE_LENGTH = 300
+
+
+def update_length(answer_length: int, rho: float, cap: int = MAX_UPDATE_LENGTH) -> int:
+    """L, the number of latents a seek optimises: ``min(int(rho * T), cap)`` for an answer of T tokens.
+
+    ``int()`` truncates, as in the research code, so a short answer can give L == 0 (no update).
+    """
+    return min(int(rho * answer_length), cap)
 
 
 @dataclass
 class SeekConfig:
-    """LatentSeek's knobs (LATENTSEEK.md section 2); defaults are the paper's.
+    """LatentSeek's knobs (``docs/algorithm.md``, "The seek loop"); defaults are the paper's.
 
     - ``lr``: Adam learning rate (eta). ``rho``: fraction of the answer's latents optimised
-      (the research code's ``k``); ``L = min(int(rho * T), max_update_length)``.
+      (the research code's ``k``); ``L = update_length(T, rho, max_update_length)``.
     - ``max_steps``: K. ``reward_threshold``: tau; a step runs only while reward <= tau.
     - ``max_new_tokens``: cap of the original generation and of each continuation.
     - ``grad_clip``: total gradient-norm clip (None or 0: off, as in the research code).
@@ -36,7 +48,7 @@ class SeekConfig:
     max_new_tokens: int = 1024
     grad_clip: float | None = None
     start_index: int = 0
-    max_update_length: int = 300
+    max_update_length: int = MAX_UPDATE_LENGTH
     backend: str = "auto"
     latent_dtype: str = "fp32"
     mode: str = "greedy"
@@ -96,6 +108,10 @@ class SeekConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def update_length(self, answer_length: int) -> int:
+        """L for an answer of ``answer_length`` tokens under this config."""
+        return update_length(answer_length, self.rho, self.max_update_length)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-# The research code's stop words (LATENTSEEK.md section 5); the tokenizer's eos is added to them.
+# The research code's stop words (``docs/algorithm.md``, "Interface details"): a generated token
+# whose one-token decode is one of these (or the tokenizer's eos) ends the original answer.
 STOP_WORDS = ("</s>", "<|im_end|>", "<|endoftext|>")
+# End-of-turn tokens of common chat models (Llama 3, Gemma) besides the above; the batched
+# verifier replies (``decode_batch``) stop at any of them that is a single token of the vocabulary.
+CHAT_STOP_TOKENS = STOP_WORDS + ("<|eot_id|>", "<end_of_turn>")
 
 
 def lm_head_of(model) -> torch.nn.Module:
@@ -41,8 +45,7 @@ def ids_decoding_to(tokenizer, words) -> frozenset[int]:
     """Every token id whose one-token decode is exactly one of ``words``.
 
     This is the research code's per-token text test (``decode([id]) in stop_words``) done once
-    per tokenizer over the whole vocabulary (0.3 s for 49152 ids), so the loop only tests set
-    membership.
+    per tokenizer over the whole vocabulary, so the loop only tests set membership.
     """
     words = tuple(sorted({w for w in words if w}))
     per_tok = _stop_cache.setdefault(tokenizer, {})
@@ -66,12 +69,13 @@ def forward_params(cls: type) -> frozenset[str]:
 
 
 def cache_keyword(module) -> str:
-    """The forward keyword taking the KV cache: ``cache`` in transformers >= 5.20, else the older
-    ``past_key_values`` (5.24 still accepts it with a FutureWarning; the GPU image has 5.17)."""
+    """The forward keyword taking the KV cache: ``cache`` in newer transformers 5.x, else the older
+    ``past_key_values`` (still accepted by 5.24 with a FutureWarning; see ``docs/notes.md``)."""
     return "cache" if "cache" in forward_params(type(module)) else "past_key_values"
 
 
 def new_cache(model):
+    """An empty ``DynamicCache`` for ``model`` (built with its config where the API takes one)."""
     from transformers import DynamicCache
 
     try:
@@ -108,8 +112,6 @@ class Generation:
     ids: list[int]
     latents: torch.Tensor
     stopped_by: str  # "stop" (a stop token was produced) or "length"
-    steps: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -148,7 +150,7 @@ def greedy_continue(
         step_ids.fill_(tok)
         h = hidden_states(model, step_ids, cache)[0, -1]
     latents = torch.stack(lats) if lats else torch.empty(0, head.weight.shape[1], device=device)
-    return Generation(ids=ids, latents=latents, stopped_by=stopped, steps=len(ids))
+    return Generation(ids=ids, latents=latents, stopped_by=stopped)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The LatentSeek loop (LATENTSEEK.md sections 1-2) with a KV cache reused across iterations.
+"""The LatentSeek loop (``docs/algorithm.md``) with a KV cache reused across iterations.
 
 The prompt and the fixed answer prefix are prefilled once per problem. An iteration runs the
 model only on the L re-decoded tokens and the continuation; the latent step is one of the
@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import decode as D
+from . import decode
 from ._util import say_once
+from .backends import resolve_backend
 from .config import SeekConfig
-from .steppers import make_stepper, resolve_backend
+from .rewards import bind_question, make_reward
+from .steppers import make_stepper
 
 
 @dataclass
@@ -53,19 +55,33 @@ class SeekResult:
         return asdict(self)
 
 
-class _Clock:
+class PhaseClock:
+    """Wall seconds spent in each phase of a seek: ``generate``, ``latent``, ``decode``, ``reward``."""
+
     def __init__(self) -> None:
         self.t = {"generate": 0.0, "latent": 0.0, "decode": 0.0, "reward": 0.0}
 
     def add(self, phase: str, since: float) -> None:
+        """Charge the time since ``since`` (a ``time.perf_counter()`` value) to ``phase``."""
         self.t[phase] += time.perf_counter() - since
 
 
-def _reward_fn(reward, question: str):
-    from .rewards.base import as_reward
+@dataclass
+class LoopOutcome:
+    """What :func:`seek_loop` produced from an original answer.
 
-    fn = as_reward(reward)
-    return lambda text: fn(question, text)
+    ``ids``/``text`` are the latest answer, or None when no step ran (the original answer
+    stands); ``rewards`` is the reward history (the original answer's first); ``update_length``
+    is L; ``stopped`` is ``threshold``, ``max_steps`` or ``no_update``; ``backend`` the concrete
+    backend of the latent steps.
+    """
+
+    ids: list[int] | None
+    text: str | None
+    rewards: list[float]
+    update_length: int
+    stopped: str
+    backend: str
 
 
 def seek_loop(
@@ -80,23 +96,21 @@ def seek_loop(
     config: SeekConfig,
     cont_stop: frozenset[int],
     cont_max_tokens: int,
-    clock: _Clock,
+    clock: PhaseClock,
     prompt_cache=None,
-):
-    """Steps 2-5 of Algorithm 1 from an original answer.
-
-    Returns ``(ids, text, rewards, L, stopped, backend)``.
+) -> LoopOutcome:
+    """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
     ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
     prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
-    The original answer is returned (as ``None`` ids) when nothing was stepped.
+    ``score`` maps an answer text to its reward.
     """
     T = int(latents.shape[0])
-    L = min(int(config.rho * T), config.max_update_length)
-    backend = resolve_backend(config, latents.device)
+    L = config.update_length(T)
+    backend = resolve_backend(config.backend, latents.device, latent_dtype=config.latent_dtype)
     history = [r0]
     if L <= 0:
-        return None, None, history, 0, "no_update", backend
+        return LoopOutcome(None, None, history, 0, "no_update", backend)
     start = config.start_index
     if start >= T:
         raise ValueError(f"start_index={start}: must be below the answer length T={T}")
@@ -104,11 +118,11 @@ def seek_loop(
     prefix = list(answer_ids[:start])
     base = torch.cat([prompt_ids[0], torch.tensor(prefix, dtype=torch.long, device=prompt_ids.device)])
     base_len = int(base.numel())
-    if prompt_cache is None or D.cache_length(prompt_cache) < base_len:
-        prompt_cache = D.new_cache(model)
-        D.prefill(model, base.view(1, -1), prompt_cache)
+    if prompt_cache is None or decode.cache_length(prompt_cache) < base_len:
+        prompt_cache = decode.new_cache(model)
+        decode.prefill(model, base.view(1, -1), prompt_cache)
     else:
-        D.truncate_cache(prompt_cache, base_len)
+        decode.truncate_cache(prompt_cache, base_len)
 
     t0 = time.perf_counter()
     stepper = make_stepper(model, rows, config, backend)
@@ -125,10 +139,10 @@ def seek_loop(
         clock.add("latent", t0)
 
         t0 = time.perf_counter()
-        D.truncate_cache(prompt_cache, base_len)
+        decode.truncate_cache(prompt_cache, base_len)
         x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
-        h = D.prefill(model, x, prompt_cache)
-        cont = D.greedy_continue(
+        h = decode.prefill(model, x, prompt_cache)
+        cont = decode.greedy_continue(
             model, prompt_cache, h, stop=cont_stop, max_tokens=cont_max_tokens, keep_latents=False
         )
         ids = prefix + new_tokens + cont.ids
@@ -139,10 +153,10 @@ def seek_loop(
         reward_now = score(text)
         clock.add("reward", t0)
         history.append(reward_now)
-    return ids, text, history, L, stopped, backend
+    return LoopOutcome(ids, text, history, L, stopped, backend)
 
 
-def _problem_parts(problem, dataset, style):
+def _problem_parts(problem, dataset):
     """``(question, gold, dataset)`` from a string or a ``data.Problem``."""
     if hasattr(problem, "question"):
         question, gold, dataset = problem.question, getattr(problem, "gold", None), problem.dataset or dataset
@@ -151,26 +165,6 @@ def _problem_parts(problem, dataset, style):
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"problem={problem!r}: expected a non-empty question")
     return question, gold, dataset
-
-
-def make_reward(reward, model, tokenizer, gold, dataset, style):
-    """Resolve ``reward``: an object/callable, ``"psrm"``, ``"self"``, or None.
-
-    None means PSRM when a gold answer is known, else self-reward.
-    """
-    from .rewards import PSRM, SelfReward
-
-    if reward is None:
-        reward = "psrm" if gold is not None else "self"
-    if reward == "psrm":
-        if gold is None:
-            raise ValueError("reward='psrm' needs a ground-truth answer (a Problem with gold)")
-        return PSRM(gold, dataset=dataset, style=style)
-    if reward == "self":
-        return SelfReward(model, tokenizer)
-    if isinstance(reward, str):
-        raise ValueError(f"reward={reward!r}: allowed strings are 'psrm' and 'self', or pass a callable")
-    return reward
 
 
 def seek(
@@ -183,33 +177,45 @@ def seek(
     prompt: str | None = None,
     dataset: str = "gsm8k",
     style: str = "boxed",
+    format_rule: bool = False,
     **overrides,
 ) -> SeekResult:
     """Answer ``problem`` greedily, then improve the answer by policy gradient on its latents.
 
     ``problem``: a question string or a ``latentseek_fast.data.Problem``. ``reward``: any object with
     ``get_reward(question, answer)``, any callable ``(question, answer) -> float``, ``"psrm"``,
-    ``"self"`` or None (PSRM when the problem has a gold answer, else self-reward). ``prompt``:
-    an already templated prompt; by default one is built with ``prompts.build_prompt``.
+    ``"self"`` or None (PSRM when the problem has a gold answer, else self-reward); see
+    ``rewards.make_reward``, which also receives ``style`` and ``format_rule``. ``prompt``: an
+    already templated prompt; by default one is built with ``prompts.build_prompt``.
     ``overrides`` replace fields of ``config``.
     """
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
-    question, gold, dataset = _problem_parts(problem, dataset, style)
-    head = D.lm_head_of(model)
+    question, gold, dataset = _problem_parts(problem, dataset)
+    head = decode.lm_head_of(model)
     if prompt is None:
         from .prompts import build_prompt
 
         prompt = build_prompt(tokenizer, question, dataset=dataset, style=style)
-    reward_obj = make_reward(reward, model, tokenizer, gold, dataset, style)
-    score = _reward_fn(reward_obj, question)
+    reward_obj = make_reward(
+        reward,
+        model=model,
+        tokenizer=tokenizer,
+        gold=gold,
+        dataset=dataset,
+        style=style,
+        format_rule=format_rule,
+    )
+    score = bind_question(reward_obj, question)
     device = head.weight.device
-    clock = _Clock()
+    clock = PhaseClock()
 
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    cache = D.new_cache(model)
-    h = D.prefill(model, prompt_ids, cache)
-    gen = D.greedy_continue(model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=config.max_new_tokens)
+    cache = decode.new_cache(model)
+    h = decode.prefill(model, prompt_ids, cache)
+    gen = decode.greedy_continue(
+        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=config.max_new_tokens
+    )
     original_text = tokenizer.decode(gen.ids)
     clock.add("generate", t0)
 
@@ -217,7 +223,7 @@ def seek(
     r0 = score(original_text)
     clock.add("reward", t0)
 
-    ids, text, history, L, stopped, backend = seek_loop(
+    out = seek_loop(
         model,
         tokenizer,
         prompt_ids=prompt_ids,
@@ -226,25 +232,24 @@ def seek(
         r0=r0,
         score=score,
         config=config,
-        cont_stop=D.stop_ids(tokenizer),
+        cont_stop=decode.stop_ids(tokenizer),
         cont_max_tokens=config.max_new_tokens,
         clock=clock,
         prompt_cache=cache,
     )
-    if ids is None:
-        ids, text = gen.ids, original_text
-    say_once(f"seek-backend-{backend}", f"latentseek_fast: latent steps on the '{backend}' backend")
+    ids, text = (gen.ids, original_text) if out.ids is None else (out.ids, out.text)
+    say_once(f"seek-backend-{out.backend}", f"latentseek_fast: latent steps on the '{out.backend}' backend")
     return SeekResult(
         answer=text,
         answer_ids=list(ids),
         original_answer=original_text,
         original_ids=list(gen.ids),
-        rewards=history,
+        rewards=out.rewards,
         original_length=len(gen.ids),
-        update_length=L,
+        update_length=out.update_length,
         final_length=len(ids),
-        iterations=len(history) - 1,
-        stopped=stopped,
-        backend=backend,
+        iterations=len(out.rewards) - 1,
+        stopped=out.stopped,
+        backend=out.backend,
         timings=clock.t,
     )

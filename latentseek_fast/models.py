@@ -1,7 +1,8 @@
 """Loading models: the embedded SmolLM2-135M-Instruct GGUF, any HF name/path, or a GGUF file.
 
-Parsing the GGUF's metadata takes ~20 s on a 2-core CPU (dequantising only 1.4 s), while a
-``save_pretrained`` copy reloads in 0.2 s; so a GGUF is converted once into a local cache
+Parsing a GGUF's metadata is slow (about 20 s for the embedded model, of which dequantising is
+1.4 s; ``docs/notes.md``), while a ``save_pretrained`` copy reloads in well under a second; so a
+GGUF is converted once into a local cache
 (``$LATENTSEEK_CACHE`` or ``~/.cache/latentseek_fast``) and loaded from there afterwards.
 """
 
@@ -90,12 +91,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model_path(name: str | None) -> tuple[str, str | None]:
-    """Map ``--model`` to ``(path_or_name, gguf_file)``; None or ``smollm2`` is the embedded model."""
+def resolve_model_path(name: str | None) -> str:
+    """Map ``--model`` to a path or hub name; None or ``smollm2`` is the embedded model's GGUF."""
     if name is None or name == EMBEDDED_NAME:
-        gguf = embedded_gguf_path()
-        return str(gguf), None
-    return name, None
+        return str(embedded_gguf_path())
+    return name
 
 
 def load_model(
@@ -113,7 +113,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
-    path, _ = resolve_model_path(name)
+    path = resolve_model_path(name)
     if path.endswith(".gguf"):
         gguf = Path(path)
         if not gguf.is_file():

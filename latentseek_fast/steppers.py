@@ -13,35 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from . import decode as D
-from ._util import say_once
+from . import decode
 from .config import SeekConfig
-from .ops.latent_policy_grad import triton_unavailable_reason
-
-
-def resolve_backend(config: SeekConfig, device: torch.device) -> str:
-    """The concrete backend for ``config.backend`` on ``device``."""
-    if config.backend != "auto":
-        if config.backend == "triton":
-            why = triton_unavailable_reason(device)
-            if why is not None:
-                raise RuntimeError(f"backend='triton' is unavailable: {why}")
-        return config.backend
-    if config.latent_dtype == "model":
-        return "reference"
-    if device.type == "cuda":
-        why = triton_unavailable_reason(device)
-        if why is None:
-            return "triton"
-        say_once("auto-no-triton", f"latentseek_fast: backend 'auto' uses torch: {why}")
-    return "torch"
+from .ops.latent_adam import latent_adam_
+from .ops.latent_policy_grad import latent_policy_grad
 
 
 def make_stepper(model, latents: torch.Tensor, config: SeekConfig, backend: str):
-    head = D.lm_head_of(model)
+    """The stepper of the concrete ``backend`` (see ``backends.resolve_backend``) for ``latents``."""
+    head = decode.lm_head_of(model)
     if backend == "reference":
-        return ReferenceStepper(head, latents, config, softcap=D.softcap_of(model))
-    return FusedStepper(head, latents, config, backend, softcap=D.softcap_of(model))
+        return ReferenceStepper(head, latents, config, softcap=decode.softcap_of(model))
+    return FusedStepper(head, latents, config, backend, softcap=decode.softcap_of(model))
 
 
 class ReferenceStepper:
@@ -69,11 +52,10 @@ class ReferenceStepper:
             logits = logits / self.config.temperature
         return logits
 
-    def _tokens(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, probs: torch.Tensor) -> torch.Tensor:
+        """The gradient's tokens: argmax of ``probs``, or the shared Gumbel-max sample."""
         if self.config.mode == "greedy":
             return torch.argmax(probs, dim=-1)
-        from .ops.latent_policy_grad import latent_policy_grad
-
         z = self.param.detach().to(self.head.weight.dtype)
         bias = self.head.bias.detach() if self.head.bias is not None else None
         return latent_policy_grad(
@@ -93,7 +75,7 @@ class ReferenceStepper:
         self.optimizer.zero_grad()
         logits = self._logits()
         probs = torch.softmax(logits, dim=-1) + 1e-8
-        tokens = self._tokens(logits, probs)
+        tokens = self._tokens(probs)
         logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
         loss = -reward * logp.sum()
         loss.backward()
@@ -112,9 +94,6 @@ class FusedStepper:
     def __init__(
         self, head, latents: torch.Tensor, config: SeekConfig, backend: str, softcap: float | None = None
     ):
-        from .ops.latent_policy_grad import latent_policy_grad
-
-        self._lpg = latent_policy_grad
         self.config = config
         self.backend = backend
         self.weight = head.weight.detach()
@@ -128,7 +107,7 @@ class FusedStepper:
         self.pending = self._evaluate(need_grad=True)
 
     def _evaluate(self, need_grad: bool):
-        return self._lpg(
+        return latent_policy_grad(
             self.latents,
             self.weight,
             1.0,
@@ -142,8 +121,6 @@ class FusedStepper:
         )
 
     def step(self, reward: float, need_next: bool = True) -> list[int]:
-        from .ops.latent_adam import latent_adam_
-
         self.steps += 1
         latent_adam_(
             self.latents,

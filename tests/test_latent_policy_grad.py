@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from latentseek_fast.ops.gumbel import seed_key
-from latentseek_fast.ops.latent_policy_grad import LatentGrad, latent_policy_grad
+from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs, latent_policy_grad
 from latentseek_fast.ops.lpg_torch import lpg_torch
 
 
@@ -183,7 +183,7 @@ def test_torch_twin_small_chunks(chunk, mode):
     gen = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, v, (n,), generator=gen) if mode == "tokens" else None
     kw = dict(bias=b, softcap=2.5, temperature=0.8, reward=torch.linspace(-2, 1, n))
-    out = LatentGrad(*lpg_torch(h, w, kw["reward"], b, 2.5, 0.8, "greedy", 0, tokens, True, chunk=chunk))
+    out = lpg_torch(LatentGradInputs(h, w, kw["reward"], b, 2.5, 0.8, "greedy", 0, tokens, True), chunk=chunk)
     if tokens is not None:
         kw["tokens"] = tokens
     check_against_gt(out, h, w, kw, torch.float32, tokens=tokens)
@@ -298,13 +298,17 @@ def test_torch_twin_finite_differences(softcap, temperature):
     w = torch.randn(v, d, generator=g, dtype=torch.float64)
     b = torch.randn(v, generator=g, dtype=torch.float64)
     r = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
-    tok = lpg_torch(h, w, r, b, softcap, temperature, "greedy", 0, None, False)[0]
+    tok = lpg_torch(LatentGradInputs(h, w, r, b, softcap, temperature, "greedy", 0, None, False)).tokens
 
     def loss(hh):
-        lp = lpg_torch(hh, w, r, b, softcap, temperature, "greedy", 0, tok, False, chunk=16)[1]
+        lp = lpg_torch(
+            LatentGradInputs(hh, w, r, b, softcap, temperature, "greedy", 0, tok, False), chunk=16
+        ).logprob
         return -(r * lp).sum().item()
 
-    grad = lpg_torch(h, w, r, b, softcap, temperature, "greedy", 0, tok, True, chunk=16)[3]
+    grad = lpg_torch(
+        LatentGradInputs(h, w, r, b, softcap, temperature, "greedy", 0, tok, True), chunk=16
+    ).grad
     assert grad.dtype == torch.float64
     eps = 1e-6
     fd = torch.zeros_like(h)
@@ -415,14 +419,12 @@ def test_auto_picks_torch_on_cpu_and_says_why(caplog):
 
     from latentseek_fast import _util
 
-    _util._said.discard("lpg-auto-no-triton")
-    _util._said.discard("lpg-auto-choice-torch")
+    _util._said.discard("auto-backend-torch")
     with caplog.at_level(logging.INFO, logger="latentseek_fast"):
         a = lpg(H, W, backend="auto")
         lpg(H, W, backend="auto")
-    msgs = [r.getMessage() for r in caplog.records if "latent_policy_grad" in r.getMessage()]
-    assert any("chose 'torch'" in m for m in msgs) and any("not used" in m for m in msgs)
-    assert len(msgs) == 2  # once each, not per call
+    msgs = [r.getMessage() for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    assert len(msgs) == 1 and "chose 'torch'" in msgs[0] and "not CUDA" in msgs[0]  # once, with why
     torch.testing.assert_close(a.grad, lpg(H, W, backend="torch").grad)
 
 
@@ -447,14 +449,14 @@ def test_torch_twin_never_allocates_n_by_v(mode):
     h, w, b = make(n, v, d)
     r = torch.ones(n)
     with _BiggestAllocation() as probe:
-        out = lpg_torch(h, w, r, b, 2.0, 1.0, mode, 0, None, True, chunk=chunk)
+        out = lpg_torch(LatentGradInputs(h, w, r, b, 2.0, 1.0, mode, 0, None, True), chunk=chunk)
     # Biggest allowed: the [N, chunk] logits, the [chunk, d] fp32 W copy, the [N, d] accumulator.
     assert probe.max_numel <= max(n * chunk, chunk * d, n * d) < n * v // 10
     with _BiggestAllocation() as probe_ref:
         ref = lpg(h, w, bias=b, softcap=2.0, mode=mode, backend="reference")
     assert probe_ref.max_numel >= n * v  # the probe does see [N, V] when it is there
-    assert torch.equal(out[0], ref.tokens)
-    torch.testing.assert_close(out[3], ref.grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(out.tokens, ref.tokens)
+    torch.testing.assert_close(out.grad, ref.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_import_does_not_import_triton():

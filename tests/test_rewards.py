@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from latentseek_fast import decode, decode_batch
 from latentseek_fast.rewards import PSRM, Reward, RewardError, SelfReward, as_reward
-from latentseek_fast.rewards import generate as G
 from latentseek_fast.rewards.self_reward import VERDICT_MARKER, VERIFIERS, parse_verdict
 
 # ---------------------------------------------------------------------------- validation
@@ -157,7 +157,7 @@ def _scripted(monkeypatch, verdicts: dict[str, bool]):
         calls.append((list(prompts), max_new_tokens))
         return [[NAMES.index(next(n for n in NAMES if VERIFIERS[n][1] in p))] for p in prompts]
 
-    monkeypatch.setattr(G, "greedy_generate_batch", fake_generate)
+    monkeypatch.setattr(decode_batch, "greedy_generate_batch", fake_generate)
     return FakeTokenizer(replies), calls
 
 
@@ -252,29 +252,29 @@ def _full_recompute(model, tok, prompt, n, stops):
 
 def test_batched_matches_sequential_and_full_recompute(small):
     model, tok = small
-    stops = G.stop_token_ids(tok, model)
-    batched = G.greedy_generate_batch(model, tok, PROMPTS, 12)
-    sequential = [G.greedy_generate_batch(model, tok, [p], 12)[0] for p in PROMPTS]
+    stops = decode_batch.stop_token_ids(tok, model)
+    batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 12)
+    sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 12)[0] for p in PROMPTS]
     assert batched == sequential
     assert batched == [_full_recompute(model, tok, p, 12, stops) for p in PROMPTS]
 
 
 def test_finished_rows_leave_the_batch(small, monkeypatch):
     model, tok = small
-    monkeypatch.setattr(G, "stop_token_ids", lambda tokenizer, model=None: set())
-    free = G.greedy_generate_batch(model, tok, PROMPTS, 16)
+    monkeypatch.setattr(decode_batch, "stop_token_ids", lambda tokenizer, model=None: set())
+    free = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
     # stop tokens that end rows at different steps
     stop = {free[0][2], free[3][6]}
-    monkeypatch.setattr(G, "stop_token_ids", lambda tokenizer, model=None: stop)
+    monkeypatch.setattr(decode_batch, "stop_token_ids", lambda tokenizer, model=None: stop)
     batch_sizes = []
     handle = model.register_forward_pre_hook(
         lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:
-        batched = G.greedy_generate_batch(model, tok, PROMPTS, 16)
+        batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
     finally:
         handle.remove()
-    sequential = [G.greedy_generate_batch(model, tok, [p], 16)[0] for p in PROMPTS]
+    sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 16)[0] for p in PROMPTS]
     assert batched == sequential
     lengths = [len(r) for r in batched]
     assert len(set(lengths)) > 1 and min(lengths) < 16  # rows did stop at different points
@@ -309,23 +309,23 @@ class PastKeyValuesModel(torch.nn.Module):
 def test_both_cache_keywords(small):
     model, tok = small
     old = PastKeyValuesModel(model)
-    assert G.cache_keyword(model) == "cache" and G.cache_keyword(old) == "past_key_values"
-    new_keyword = "cache" in G.forward_params(type(model))
+    assert decode.cache_keyword(model) == "cache" and decode.cache_keyword(old) == "past_key_values"
+    new_keyword = "cache" in decode.forward_params(type(model))
     with pytest.warns(FutureWarning) if new_keyword else contextlib.nullcontext():
-        via_old = G.greedy_generate_batch(old, tok, PROMPTS[:3], 6)
-    assert via_old == G.greedy_generate_batch(model, tok, PROMPTS[:3], 6)
+        via_old = decode_batch.greedy_generate_batch(old, tok, PROMPTS[:3], 6)
+    assert via_old == decode_batch.greedy_generate_batch(model, tok, PROMPTS[:3], 6)
 
 
 def test_generation_argument_checks(small):
     model, tok = small
-    assert G.greedy_generate_batch(model, tok, [], 5) == []
+    assert decode_batch.greedy_generate_batch(model, tok, [], 5) == []
     with pytest.raises(ValueError, match="max_new_tokens"):
-        G.greedy_generate_batch(model, tok, ["a"], 0)
+        decode_batch.greedy_generate_batch(model, tok, ["a"], 0)
     with pytest.raises(TypeError, match="list"):
-        G.greedy_generate_batch(model, tok, "a", 3)
+        decode_batch.greedy_generate_batch(model, tok, "a", 3)
     with pytest.raises(ValueError, match=r"prompts\[1\]"):
-        G.greedy_generate_batch(model, tok, ["a", ""], 3)
-    assert [len(r) for r in G.greedy_generate_batch(model, tok, ["ab"], 1)] == [1]
+        decode_batch.greedy_generate_batch(model, tok, ["a", ""], 3)
+    assert [len(r) for r in decode_batch.greedy_generate_batch(model, tok, ["ab"], 1)] == [1]
 
 
 @pytest.mark.slow
@@ -340,9 +340,9 @@ def test_real_model_batched_matches_sequential(smol):
             "Tom has 3 apples and buys 4 more apples. How many apples does he have now?",
         )
     ]
-    batched = G.greedy_generate_batch(model, tok, prompts, 4)
-    assert batched == [G.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
-    assert tok.convert_tokens_to_ids("<|im_end|>") in G.stop_token_ids(tok, model)
+    batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
+    assert batched == [decode_batch.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in decode_batch.stop_token_ids(tok, model)
 
 
 @pytest.mark.slow

@@ -36,52 +36,14 @@ import operator
 
 import torch
 
+from latentseek_fast import _ext
 from latentseek_fast._util import check_finite_float, say_once
 
 __all__ = ["latent_adam_"]
 
 _OP_NAME = "latent_adam_"
-_QUALNAME = "latentseek::latent_adam_"
 _LATENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _IMPLS = ("auto", "native", "torch")
-
-
-def _latent_adam_fake(
-    latents,
-    exp_avg,
-    exp_avg_sq,
-    master,
-    direction,
-    reward,
-    reward_scalar,
-    step,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    max_grad_norm,
-):
-    """Fake (meta) kernel: the op only mutates its inputs and returns nothing."""
-    return None
-
-
-_fake_registered = False
-
-
-def _register_fake() -> None:
-    """Register the fake kernel once the compiled op exists (idempotent)."""
-    global _fake_registered
-    if _fake_registered:
-        return
-    torch.library.register_fake(_QUALNAME)(_latent_adam_fake)
-    _fake_registered = True
-
-
-# When the op is already registered (torch imports this module as the op's python module while
-# tracing, or the extension was loaded first), register its fake kernel now. This never imports
-# the extension itself.
-if hasattr(torch.ops.latentseek, _OP_NAME):
-    _register_fake()
 
 
 def _check_tensor(name: str, t, *, shape, device, dtypes) -> None:
@@ -216,12 +178,10 @@ def _latent_adam_torch(
 
 
 def _native_ok(device: torch.device) -> tuple[bool, str | None]:
-    from latentseek_fast import _ext
-
     if not _ext.load():
         return False, _ext.ext_unavailable_reason()
     if not _ext.ext_has_kernel(_OP_NAME, device.type):
-        return False, f"the extension was built without a {device.type} kernel for {_QUALNAME}"
+        return False, f"the extension was built without a {device.type} kernel for {_ext.LATENT_ADAM}"
     return True, None
 
 

@@ -1,6 +1,6 @@
 """The latent policy gradient op: tokens, log-probs and d(-r log pi[token])/dh for an LM head.
 
-Per row ``h`` (LATENTSEEK.md section 2, the gradient step of the seek loop):
+Per row ``h`` (``docs/algorithm.md``, the gradient step of the seek loop):
 
     l = h W^T (+ b);  l = c tanh(l / c) with a soft-cap c;  s = l / T;  pi = softmax(s)
     token = argmax s (greedy) | argmax(s + Gumbel) (sample) | given (teacher forcing)
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from latentseek_fast._util import check_finite_float, say_once
+from latentseek_fast._util import check_finite_float
+from latentseek_fast.backends import MODES, check_backend, resolve_backend
 
-BACKENDS = ("auto", "reference", "torch", "triton")
-MODES = ("greedy", "sample")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -39,20 +37,24 @@ class LatentGrad:
     argmax: Tensor  # [N] int64: argmax of s (lowest index on ties) in every mode
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+@dataclass(frozen=True)
+class LatentGradInputs:
+    """The validated arguments every backend (``lpg_reference``, ``lpg_torch``, triton) receives.
 
+    Built by :func:`latent_policy_grad` after its checks; the backends trust it. ``reward`` is
+    an fp32 ``[N]`` tensor (a scalar reward is broadcast), ``softcap`` None or > 0.
+    """
 
-def triton_unavailable_reason(device: torch.device | str) -> str | None:
-    """Why the triton backend cannot run on ``device``, or None when it can."""
-    device = torch.device(device)
-    if device.type != "cuda" and not _interpreting():
-        return f"the latents are on {device} (triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return f"triton does not import ({type(exc).__name__}: {exc})"
-    return None
+    hidden: Tensor  # [N, d] fp32/fp16/bf16, detached
+    weight: Tensor  # [V, d], same dtype and device, detached
+    reward: Tensor  # [N] fp32
+    bias: Tensor | None = None  # [V] or None
+    softcap: float | None = None
+    temperature: float = 1.0
+    mode: str = "greedy"  # "greedy" or "sample"
+    seed: int = 0
+    tokens: Tensor | None = None  # [N] integer ids to score instead of choosing
+    need_grad: bool = True
 
 
 def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, backend, need_grad):
@@ -100,8 +102,7 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
         raise ValueError(f"mode={mode!r}: allowed values are {MODES}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise ValueError(f"seed={seed!r}: expected an integer in [0, 2**64)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: allowed values are {BACKENDS}")
+    check_backend(backend)
     if not isinstance(need_grad, bool):
         raise ValueError(f"need_grad={need_grad!r}: expected True or False")
     if tokens is not None:
@@ -135,37 +136,20 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
     return reward_t, softcap, temperature
 
 
-def _pick_backend(backend: str, hidden: Tensor) -> str:
-    if backend == "triton":
-        reason = triton_unavailable_reason(hidden.device)
-        if reason is not None:
-            raise ValueError(f"backend='triton' cannot run: {reason}")
-        return backend
-    if backend != "auto":
-        return backend
-    reason = None if hidden.device.type == "cuda" else f"hidden is on {hidden.device}, not CUDA"
-    if reason is None:
-        reason = triton_unavailable_reason(hidden.device)
-    if reason is not None:
-        say_once("lpg-auto-no-triton", f"latent_policy_grad: triton backend not used: {reason}")
-        say_once("lpg-auto-choice-torch", "latent_policy_grad: backend='auto' chose 'torch'")
-        return "torch"
-    say_once("lpg-auto-choice-triton", "latent_policy_grad: backend='auto' chose 'triton'")
-    return "triton"
-
-
-def _lpg_triton(hidden, weight, reward_t, bias, softcap, temperature, mode, seed, tokens, need_grad):
+def _lpg_triton(x: LatentGradInputs) -> LatentGrad:
     from latentseek_fast.kernels.lpg_forward import lpg_forward
     from latentseek_fast.kernels.lpg_grad import lpg_grad
     from latentseek_fast.ops.gumbel import seed_key
 
     tok, logprob, lse, argmax = lpg_forward(
-        hidden, weight, bias, tokens, softcap, temperature, mode, seed_key(int(seed))
+        x.hidden, x.weight, x.bias, x.tokens, x.softcap, x.temperature, x.mode, seed_key(x.seed)
     )
     grad = None
-    if need_grad:
-        grad = lpg_grad(hidden, weight, bias, tok, lse, reward_t / temperature, softcap, temperature)
-    return tok, logprob, lse, grad, argmax
+    if x.need_grad:
+        grad = lpg_grad(
+            x.hidden, x.weight, x.bias, tok, lse, x.reward / x.temperature, x.softcap, x.temperature
+        )
+    return LatentGrad(tok, logprob, lse, grad, argmax)
 
 
 def latent_policy_grad(
@@ -199,7 +183,7 @@ def latent_policy_grad(
     reward_t, softcap, temperature = _validate(
         hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, backend, need_grad
     )
-    chosen = _pick_backend(backend, hidden)
+    chosen = resolve_backend(backend, hidden.device)
     n, d = hidden.shape
     dev = hidden.device
     if n == 0:
@@ -207,30 +191,29 @@ def latent_policy_grad(
         empty_f = torch.empty(0, dtype=torch.float32, device=dev)
         grad = torch.zeros(0, d, dtype=torch.float32, device=dev) if need_grad else None
         return LatentGrad(empty_i, empty_f, empty_f.clone(), grad, empty_i.clone())
-    args = (
-        hidden.detach(),
-        weight.detach(),
-        reward_t,
-        None if bias is None else bias.detach(),
-        softcap,
-        temperature,
-        mode,
-        int(seed),
-        tokens,
-        need_grad,
+    inputs = LatentGradInputs(
+        hidden=hidden.detach(),
+        weight=weight.detach(),
+        reward=reward_t,
+        bias=None if bias is None else bias.detach(),
+        softcap=softcap,
+        temperature=temperature,
+        mode=mode,
+        seed=int(seed),
+        tokens=tokens,
+        need_grad=need_grad,
     )
     if chosen == "reference":
         from latentseek_fast.ops.lpg_reference import lpg_reference
 
-        out = lpg_reference(*args)
+        out = lpg_reference(inputs)
     elif chosen == "torch":
         from latentseek_fast.ops.lpg_torch import lpg_torch
 
         with torch.no_grad():
-            out = lpg_torch(*args)
+            out = lpg_torch(inputs)
     else:
         with torch.no_grad():
-            out = _lpg_triton(*args)
-    tok, logprob, lse, grad, argmax = out
+            out = _lpg_triton(inputs)
     logging.getLogger("latentseek_fast").debug("latent_policy_grad: backend=%s N=%d", chosen, n)
-    return LatentGrad(tok, logprob, lse, grad, argmax)
+    return out

@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 
 from latentseek_fast.ops.gumbel import gumbel_noise
+from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs
 
 
-def lpg_reference(hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, need_grad):
-    """Return ``(tokens, logprob, lse, grad_or_None, argmax)``; ``reward`` is an fp32 [N] tensor."""
+def lpg_reference(x: LatentGradInputs) -> LatentGrad:
+    """The latent policy gradient of ``x`` by autograd through the full fp32 logits."""
+    hidden, weight, bias, tokens = x.hidden, x.weight, x.bias, x.tokens
+    softcap, temperature, need_grad = x.softcap, x.temperature, x.need_grad
     h = hidden.detach().to(torch.float32).clone().requires_grad_(need_grad)
     w = weight.detach().to(torch.float32)
     with torch.enable_grad():
@@ -26,17 +29,17 @@ def lpg_reference(hidden, weight, reward, bias, softcap, temperature, mode, seed
         argmax = torch.argmax(s.detach(), dim=-1)  # first maximal index on ties
         if tokens is not None:
             tok = tokens.to(torch.int64)
-        elif mode == "sample":
+        elif x.mode == "sample":
             n, v = s.shape
             rows = torch.arange(n, device=s.device).unsqueeze(1)
             cols = torch.arange(v, device=s.device).unsqueeze(0)
-            tok = torch.argmax(s.detach() + gumbel_noise(seed, rows, cols), dim=-1)
+            tok = torch.argmax(s.detach() + gumbel_noise(x.seed, rows, cols), dim=-1)
         else:
             tok = argmax
         lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
         grad = None
         if need_grad:
-            loss = -(reward.to(torch.float32) * lp).sum()
+            loss = -(x.reward.to(torch.float32) * lp).sum()
             (grad,) = torch.autograd.grad(loss, h)
     lse = torch.logsumexp(s.detach(), dim=-1)
-    return tok, lp.detach(), lse, grad, argmax
+    return LatentGrad(tok, lp.detach(), lse, grad, argmax)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from latentseek_fast.ops.gumbel import gumbel_noise
+from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs
 
 # Vocabulary rows per chunk. Measured on the project's 2-core CPU with nothing else running
 # (torch 2.13, fp32 W, one full call with gradient, median of 5-9 runs, ms; 1 thread / 2 threads):
@@ -51,8 +52,10 @@ def _logits(h32, w_c, b_c, softcap, temperature):
     return (lg if temperature == 1.0 else lg / temperature), dl
 
 
-def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, need_grad, chunk=None):
-    """Return ``(tokens, logprob, lse, grad_or_None, argmax)``; ``reward`` is an fp32 [N] tensor."""
+def lpg_torch(x: LatentGradInputs, chunk: int | None = None) -> LatentGrad:
+    """The latent policy gradient of ``x``, ``chunk`` vocabulary rows at a time (default: by N)."""
+    hidden, weight, bias, tokens = x.hidden, x.weight, x.bias, x.tokens
+    softcap, temperature, need_grad = x.softcap, x.temperature, x.need_grad
     n, d = hidden.shape
     if chunk is None:
         chunk = SMALL_N_CHUNK if n <= SMALL_N else DEFAULT_CHUNK
@@ -67,7 +70,7 @@ def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
     ssum = torch.zeros(n, dtype=cdt, device=dev)
     acc = torch.zeros(n, d, dtype=cdt, device=dev) if need_grad else None
     best_val, best_idx = neg_inf.clone(), torch.zeros(n, dtype=torch.int64, device=dev)
-    sampling = tokens is None and mode == "sample"
+    sampling = tokens is None and x.mode == "sample"
     if sampling:
         smp_val, smp_idx = neg_inf.clone(), torch.zeros(n, dtype=torch.int64, device=dev)
         rows = torch.arange(n, device=dev).unsqueeze(1)
@@ -82,7 +85,7 @@ def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
         best_idx = torch.where(better, c_idx + start, best_idx)
         if sampling:
             cols = torch.arange(start, stop, device=dev).unsqueeze(0)
-            g_val, g_idx = (s + gumbel_noise(seed, rows, cols)).max(dim=1)
+            g_val, g_idx = (s + gumbel_noise(x.seed, rows, cols)).max(dim=1)
             better = g_val > smp_val
             smp_val = torch.where(better, g_val, smp_val)
             smp_idx = torch.where(better, g_idx + start, smp_idx)
@@ -116,5 +119,5 @@ def lpg_torch(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
     grad = None
     if need_grad:
         d_tok = w_tok if dl_tok is None else w_tok * dl_tok.unsqueeze(1)
-        grad = (reward / temperature).unsqueeze(1) * (acc / ssum.unsqueeze(1) - d_tok)
-    return tok, logprob, lse, grad, best_idx
+        grad = (x.reward / temperature).unsqueeze(1) * (acc / ssum.unsqueeze(1) - d_tok)
+    return LatentGrad(tok, logprob, lse, grad, best_idx)

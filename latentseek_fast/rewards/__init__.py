@@ -1,7 +1,18 @@
-"""Rewards for the seek loop: the validated ``Reward`` interface, PSRM and self-reward."""
+"""Rewards for the seek loop: the validated ``Reward`` interface, PSRM, self-reward and the
+one factory (``make_reward``) that builds any of them from a name or an object."""
 
-from .base import Reward, RewardError, as_reward
+from .base import Reward, RewardError, as_reward, bind_question
+from .factory import REWARD_NAMES, make_reward
 from .psrm import PSRM
 from .self_reward import SelfReward
 
-__all__ = ["PSRM", "Reward", "RewardError", "SelfReward", "as_reward"]
+__all__ = [
+    "PSRM",
+    "REWARD_NAMES",
+    "Reward",
+    "RewardError",
+    "SelfReward",
+    "as_reward",
+    "bind_question",
+    "make_reward",
+]

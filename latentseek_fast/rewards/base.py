@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["Reward", "RewardError", "as_reward", "check_reward_value"]
+__all__ = ["Reward", "RewardError", "as_reward", "bind_question", "check_reward_value"]
 
 
 class RewardError(ValueError):
@@ -115,3 +115,9 @@ def as_reward(obj) -> Reward:
         f"reward {obj!r} ({type(obj).__name__}): expected a Reward, an object with "
         "get_reward(question, solution), or a callable (question, answer) -> number"
     )
+
+
+def bind_question(reward, question: str):
+    """``answer -> float``: ``reward`` (anything ``as_reward`` takes) with ``question`` fixed."""
+    fn = as_reward(reward)
+    return lambda answer: fn(question, answer)

@@ -1,13 +1,13 @@
 """Self-reward: the solver model grades its own answer with four verifier prompts.
 
-Verifiers (weights in brackets; LATENTSEEK.md section 3; the wording is ours):
+Verifiers (weights in brackets; ``docs/algorithm.md``, "Rewards"; the wording is ours):
 ``calculation`` (2) re-does every calculation, ``answer`` (1) judges the final answer,
 ``completeness`` (2) checks that a complete, explicit final answer is given, ``understanding`` (1)
 checks that the question asked is the one answered. Each reply must end with ``Verdict:`` and
 True or False; the reward is ``-(sum of the rejecting verifiers' weights) / 6``, and with
 ``format_rule`` an answer without ``\\boxed{...}`` loses 2 more before the division.
 
-The four replies are generated greedily in one left-padded batch (``generate.py``), which in fp32
+The four replies are generated greedily in one left-padded batch (``decode_batch.py``), which in fp32
 gives the same tokens as running them one by one; ``batched=False`` runs them one by one.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
+from .. import decode_batch
 from ..answers import last_boxed
 from ..prompts import render_chat
-from . import generate as _generate
 from .base import Reward
 
 VERDICT_MARKER = "Verdict:"
@@ -126,7 +126,7 @@ class SelfReward(Reward):
 
     def generate_replies(self, prompts: list[str]) -> list[str]:
         """Greedy replies to ``prompts`` (decoded without special tokens)."""
-        gen = _generate.greedy_generate_batch
+        gen = decode_batch.greedy_generate_batch
         if self.batched:
             ids = gen(self.model, self.tokenizer, prompts, self.max_new_tokens)
         else:

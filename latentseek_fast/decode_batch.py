@@ -7,23 +7,20 @@ a stop token or its length cap, that row is dropped from the batch and from the 
 
 In fp32 the outputs are token-identical to generating each prompt alone (the logits of a
 padded row differ from the unpadded ones by ~4e-5, far below the gaps between greedy choices;
-NOTES.md "Batched verifiers"); ``tests/test_rewards.py`` checks it on a random tiny model and on
-a few steps of the embedded model.
+``docs/notes.md``, "Batched verifiers"); ``tests/test_rewards.py`` checks it on a random tiny
+model and on a few steps of the embedded model.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..decode import cache_keyword, forward_params, new_cache
-
-# Chat stop tokens used by common instruct models, besides the tokenizer's own eos.
-STOP_TOKEN_TEXTS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<end_of_turn>")
+from .decode import CHAT_STOP_TOKENS, cache_keyword, forward_params, new_cache
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:
     """Token ids that end a reply: the tokenizer's eos, the model's generation-config eos and the
-    chat stop tokens of STOP_TOKEN_TEXTS that exist in the vocabulary as single tokens."""
+    chat stop tokens of ``decode.CHAT_STOP_TOKENS`` that exist in the vocabulary as single tokens."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -34,7 +31,7 @@ def stop_token_ids(tokenizer, model=None) -> set[int]:
     elif isinstance(eos, (list, tuple)):
         ids.update(int(e) for e in eos)
     vocab = tokenizer.get_vocab()
-    for text in STOP_TOKEN_TEXTS:
+    for text in CHAT_STOP_TOKENS:
         if text in vocab:
             ids.add(int(vocab[text]))
     return ids
