@@ -25,24 +25,11 @@ _loaded: bool | None = None  # None: not tried yet
 _reason: str | None = None
 
 
-def _latent_adam_fake(
-    latents,
-    exp_avg,
-    exp_avg_sq,
-    master,
-    direction,
-    reward,
-    reward_scalar,
-    step,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    max_grad_norm,
-):
-    """Fake kernel of ``latent_adam_``: the schema checks of the real kernels, no compute.
+def _latent_adam_fake(latents, exp_avg, exp_avg_sq, master, direction, reward, reward_scalar, step, *hyper):
+    """Fake kernel of ``latent_adam_``: the tensor checks of the real kernels, no compute.
 
-    The op mutates its first four arguments in place and returns nothing.
+    The op mutates its first four arguments in place and returns nothing. ``hyper`` is
+    ``(lr, beta1, beta2, eps, max_grad_norm)``: scalars that change no shape or dtype.
     """
     import torch
 

@@ -77,8 +77,8 @@ def _reward(args, model, tokenizer, problem):
 
     return make_reward(
         args.reward,
-        model=model,
-        tokenizer=tokenizer,
+        model,
+        tokenizer,
         gold=problem.gold,
         dataset=problem.dataset,
         style=args.prompt,

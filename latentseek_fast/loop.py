@@ -197,13 +197,7 @@ def seek(
 
         prompt = build_prompt(tokenizer, question, dataset=dataset, style=style)
     reward_obj = make_reward(
-        reward,
-        model=model,
-        tokenizer=tokenizer,
-        gold=gold,
-        dataset=dataset,
-        style=style,
-        format_rule=format_rule,
+        reward, model, tokenizer, gold=gold, dataset=dataset, style=style, format_rule=format_rule
     )
     score = bind_question(reward_obj, question)
     device = head.weight.device

@@ -16,9 +16,9 @@ __all__ = ["REWARD_NAMES", "make_reward"]
 
 def make_reward(
     reward=None,
-    *,
     model=None,
     tokenizer=None,
+    *,
     gold: str | None = None,
     dataset: str = "gsm8k",
     style: str = "boxed",
