@@ -5,8 +5,9 @@ Parquet, Arrow files and ``datasets.save_to_disk`` folders (``state.json`` + ``d
 in Arrow streaming format, or a ``DatasetDict`` folder with ``dataset_dict.json`` and one
 sub-folder per split). Folders are read with pyarrow only; the ``datasets`` package is not needed.
 
-Field names per data set (LATENTSEEK.md section 4): GSM8K ``question``/``answer`` (gold = the
-text after ``####``), MATH-500 ``problem``/``answer``, AIME 2024 ``Problem``/``Answer``.
+Field names per data set (``docs/algorithm.md``, "Prompts, data and scoring"): GSM8K
+``question``/``answer`` (gold = the text after ``####``), MATH-500 ``problem``/``answer``,
+AIME 2024 ``Problem``/``Answer``.
 """
 
 from __future__ import annotations

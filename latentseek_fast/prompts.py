@@ -1,8 +1,8 @@
 """Solver prompts: a system message, the question as the user turn, then the assistant opener.
 
-Two styles per data set (LATENTSEEK.md section 4): ``boxed`` (reason step by step, final answer
-in ``\\boxed{}``) and ``json`` (a JSON object with "thought process" and "final answer").
-The wording is ours.
+Two styles per data set (``docs/algorithm.md``, "Prompts, data and scoring"): ``boxed`` (reason
+step by step, final answer in ``\\boxed{}``) and ``json`` (a JSON object with "thought process"
+and "final answer"). The wording is ours.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 from latentseek_fast.ops.gumbel import gumbel_noise
 from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs
 
-# Vocabulary rows per chunk. Measured on the project's 2-core CPU with nothing else running
+# Vocabulary rows per chunk. Measured on 2 x86 CPU cores with nothing else running
 # (torch 2.13, fp32 W, one full call with gradient, median of 5-9 runs, ms; 1 thread / 2 threads):
 #   chunk:                       256        512       1024       2048       4096
 #   N=16,  V=49152,  d=576     70/39      42/31      39/28      43/27      47/34
