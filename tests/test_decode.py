@@ -4,23 +4,23 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from latentseek_fast import decode as D
+from latentseek_fast import decode
 
 
 def test_stop_ids_are_the_tokens_decoding_to_stop_words(tokenizer):
-    ids = D.stop_ids(tokenizer)
-    assert {tokenizer.decode([i]) for i in ids} <= set(D.STOP_WORDS) | {tokenizer.eos_token}
+    ids = decode.stop_ids(tokenizer)
+    assert {tokenizer.decode([i]) for i in ids} <= set(decode.STOP_WORDS) | {tokenizer.eos_token}
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in ids
-    assert D.stop_ids(tokenizer, eos_only=True) == {tokenizer.convert_tokens_to_ids(tokenizer.eos_token)}
+    assert decode.stop_ids(tokenizer, eos_only=True) == {tokenizer.convert_tokens_to_ids(tokenizer.eos_token)}
 
 
 def test_greedy_continue_matches_generate_and_full_recompute(tiny):
     model, tok = tiny
     ids = tok("Count: one two three", return_tensors="pt").input_ids
-    cache = D.new_cache(model)
-    h = D.prefill(model, ids, cache)
-    gen = D.greedy_continue(model, cache, h, stop=frozenset(), max_tokens=12)
+    cache = decode.new_cache(model)
+    h = decode.prefill(model, ids, cache)
+    gen = decode.greedy_continue(model, cache, h, stop=frozenset(), max_tokens=12)
     assert gen.stopped_by == "length" and len(gen.ids) == 12 and gen.latents.shape == (12, 64)
     ref = model.generate(
         ids,
@@ -42,29 +42,29 @@ def test_greedy_continue_matches_generate_and_full_recompute(tiny):
 def test_stop_token_is_recorded_but_not_fed(tiny):
     model, tok = tiny
     ids = tok("hello", return_tensors="pt").input_ids
-    scratch = D.new_cache(model)
-    first = D.greedy_continue(
-        model, scratch, D.prefill(model, ids, scratch), stop=frozenset(), max_tokens=3
+    scratch = decode.new_cache(model)
+    first = decode.greedy_continue(
+        model, scratch, decode.prefill(model, ids, scratch), stop=frozenset(), max_tokens=3
     ).ids
-    cache = D.new_cache(model)
-    h = D.prefill(model, ids, cache)
+    cache = decode.new_cache(model)
+    h = decode.prefill(model, ids, cache)
     k = next((i for i in range(1, 3) if first[i] not in first[:i]), 0)
-    gen = D.greedy_continue(model, cache, h, stop=frozenset({first[k]}), max_tokens=50)
+    gen = decode.greedy_continue(model, cache, h, stop=frozenset({first[k]}), max_tokens=50)
     assert gen.ids == first[: k + 1] and gen.stopped_by == "stop" and gen.latents.shape[0] == k + 1
-    assert D.cache_length(cache) == ids.shape[1] + k
+    assert decode.cache_length(cache) == ids.shape[1] + k
 
 
 def test_truncate_cache(tiny):
     model, tok = tiny
-    cache = D.new_cache(model)
-    D.prefill(model, torch.tensor([[5, 6, 7, 8]]), cache)
-    D.truncate_cache(cache, 2)
-    assert D.cache_length(cache) == 2
+    cache = decode.new_cache(model)
+    decode.prefill(model, torch.tensor([[5, 6, 7, 8]]), cache)
+    decode.truncate_cache(cache, 2)
+    assert decode.cache_length(cache) == 2
     with pytest.raises(ValueError, match="cannot truncate"):
-        D.truncate_cache(cache, 3)
+        decode.truncate_cache(cache, 3)
 
 
 def test_model_without_lm_head_is_rejected():
     bare = make_tiny_model(vocab_size=100).model
     with pytest.raises(ValueError, match="LM head"):
-        D.lm_head_of(bare)
+        decode.lm_head_of(bare)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from latentseek_fast import SeekConfig, seek
-from latentseek_fast import decode as D
+from latentseek_fast import SeekConfig, decode, seek
 from latentseek_fast.rewards import RewardError
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
@@ -211,7 +210,7 @@ def test_seek_on_the_embedded_model(smol):
     assert ref.answer_ids == fast.answer_ids and ref.iterations == 2
     if "triton" in results:
         assert results["triton"].answer_ids == ref.answer_ids and results["triton"].backend == "triton"
-    assert D.lm_head_of(model) is model.lm_head
+    assert decode.lm_head_of(model) is model.lm_head
 
 
 def test_sample_mode_is_reproducible_and_backend_independent(tiny):
