@@ -59,11 +59,11 @@ class PhaseClock:
     """Wall seconds spent in each phase of a seek: ``generate``, ``latent``, ``decode``, ``reward``."""
 
     def __init__(self) -> None:
-        self.t = {"generate": 0.0, "latent": 0.0, "decode": 0.0, "reward": 0.0}
+        self.seconds = {"generate": 0.0, "latent": 0.0, "decode": 0.0, "reward": 0.0}
 
     def add(self, phase: str, since: float) -> None:
         """Charge the time since ``since`` (a ``time.perf_counter()`` value) to ``phase``."""
-        self.t[phase] += time.perf_counter() - since
+        self.seconds[phase] += time.perf_counter() - since
 
 
 @dataclass
@@ -245,5 +245,5 @@ def seek(
         iterations=len(out.rewards) - 1,
         stopped=out.stopped,
         backend=out.backend,
-        timings=clock.t,
+        timings=clock.seconds,
     )
