@@ -1,7 +1,10 @@
 """Build and install latentseek-fast.
 
 The native latent update (``csrc/``) is optional: the CPU op is always built,
-the CUDA op only when torch was built with CUDA and ``nvcc`` is found.
+the CUDA op only when torch was built with CUDA and ``nvcc`` is found. It builds against the
+installed torch (``pip install --no-build-isolation``), with ``setuptools``, ``wheel`` and
+``ninja`` installed first; these are build tools, not runtime requirements, and the C++ headers
+it needs (pybind11's included) ship with torch.
 
 Environment switches:
 - ``LATENTSEEK_NO_EXT=1``: skip the native build (the package falls back to torch).
