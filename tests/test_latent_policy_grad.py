@@ -22,6 +22,10 @@ from latentseek_fast.ops.lpg_torch import lpg_torch
 
 
 def _has_triton() -> bool:
+    """Whether triton imports. It is an install requirement on Linux, so there a failed import is
+    a broken install: the triton tests then run and fail instead of skipping."""
+    if sys.platform.startswith("linux"):
+        return True
     try:
         import triton  # noqa: F401
     except Exception:
