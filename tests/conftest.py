@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,28 @@ import torch
 # The triton backend runs under the numpy interpreter on CPU-only machines.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_file(name: str) -> Path:
+    """A file of the evaluation data folder, or a skip that says where it was looked for.
+
+    The folder is ``$LATENTSEEK_DATA`` when set (then a missing file fails), else the first
+    ``shared/data`` beside the repo or beside one of its parent folders (in CI the repo and
+    ``shared/`` are siblings, so it is ``../shared/data``).
+    """
+    env = os.environ.get("LATENTSEEK_DATA")
+    if env:
+        path = Path(env) / name
+        assert path.is_file(), f"LATENTSEEK_DATA={env!r} has no {name}"
+        return path
+    for parent in REPO.parents:
+        path = parent / "shared" / "data" / name
+        if path.is_file():
+            return path
+    pytest.skip(f"{name} not found: no shared/data/{name} beside {REPO} or its parents; set LATENTSEEK_DATA")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from ..answers import last_boxed
+from ..extract import last_boxed
 from ..prompts import render_chat
 from . import generate as _generate
 from .base import Reward
