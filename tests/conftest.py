@@ -85,3 +85,44 @@ def make_tiny_model(
 def tiny(tokenizer):
     """``(model, tokenizer)``: a 2-layer random Llama over the SmolLM2 vocabulary."""
     return make_tiny_model(), tokenizer
+
+
+# Smallest top-2 logit gap at which a test compares greedy tokens computed two ways (KV cache vs
+# full recompute, batch vs single, backend vs backend). Such logits differ by rounding only
+# (~1e-6 for the tiny fp32 models, ~4e-5 for the embedded model between batch and single), by an
+# amount that depends on the CPU: a closer decision could flip on another machine.
+DECISION_GAP = 1e-3
+
+
+class DecisionGaps:
+    """Records, while active, the top-2 gap of every greedy decision ``model.lm_head`` feeds: the
+    last position of a 3-D call (a decode or prefill step), every row of a 1-D or 2-D call.
+
+    ``assert_clear()`` is the precondition of a token-for-token comparison between two ways of
+    computing the same thing: no decision of the recorded run was a near-tie.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.gaps: list[float] = []
+
+    def _record(self, module, args, out):
+        logits = out.detach().float()
+        logits = logits[:, -1] if logits.dim() == 3 else logits.reshape(-1, logits.shape[-1])
+        top = logits.topk(2, dim=-1).values
+        self.gaps.extend((top[:, 0] - top[:, 1]).tolist())
+
+    def __enter__(self):
+        self.handle = self.model.lm_head.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def assert_clear(self, bound: float = DECISION_GAP):
+        assert self.gaps, "no decision was recorded"
+        low = min(self.gaps)
+        assert low > bound, (
+            f"a greedy decision had top-2 gap {low:.3g} <= {bound}: rounding may flip it on another "
+            "CPU, so tokens cannot be compared exactly; choose inputs without near-ties"
+        )
