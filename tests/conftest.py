@@ -126,3 +126,36 @@ class DecisionGaps:
             f"a greedy decision had top-2 gap {low:.3g} <= {bound}: rounding may flip it on another "
             "CPU, so tokens cannot be compared exactly; choose inputs without near-ties"
         )
+
+
+class AdamGradients:
+    """While active, records the gradient of each ``torch.optim.Adam``'s first step (the
+    reference stepper's). That step moves each entry by about ``lr * sign(grad)``, so an entry
+    within rounding of 0 could move the other way on another backend or CPU. Later steps divide by
+    the running root mean square of the entry, which the first step already bounds away from 0."""
+
+    def __init__(self):
+        self.grads = []
+
+    def __enter__(self):
+        self.step = torch.optim.Adam.step
+        recorder = self
+
+        def step(opt, *args, **kw):
+            for group in opt.param_groups:
+                recorder.grads.extend(p.grad.detach().clone() for p in group["params"] if p not in opt.state)
+            return recorder.step(opt, *args, **kw)
+
+        torch.optim.Adam.step = step
+        return self
+
+    def __exit__(self, *exc):
+        torch.optim.Adam.step = self.step
+
+    def assert_clear(self, rel: float = 1e-4):
+        """Every first-step entry is above ``rel`` of the largest: the backends' fp32 gradients
+        agree to ~1e-6 of it (test_latent_policy_grad's parity bounds)."""
+        assert self.grads, "no Adam step was recorded"
+        for g in self.grads:
+            low = (g.abs().min() / g.abs().max()).item()
+            assert low > rel, f"a gradient entry is {low:.3g} of the largest: its sign is not robust"

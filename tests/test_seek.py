@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import DecisionGaps, make_tiny_model
+from conftest import AdamGradients, DecisionGaps, make_tiny_model
 
 from latentseek_fast import SeekConfig, seek
 from latentseek_fast import decode as D
@@ -22,39 +22,6 @@ class Scripted:
     def __call__(self, question, answer):
         self.seen.append(answer)
         return self.values[min(len(self.seen) - 1, len(self.values) - 1)]
-
-
-class AdamGradients:
-    """While active, records the gradient of each ``torch.optim.Adam``'s first step (the
-    reference stepper's). That step moves each entry by about ``lr * sign(grad)``, so an entry
-    within rounding of 0 could move the other way on another backend or CPU. Later steps divide by
-    the running root mean square of the entry, which the first step already bounds away from 0."""
-
-    def __init__(self):
-        self.grads = []
-
-    def __enter__(self):
-        self.step = torch.optim.Adam.step
-        recorder = self
-
-        def step(opt, *args, **kw):
-            for group in opt.param_groups:
-                recorder.grads.extend(p.grad.detach().clone() for p in group["params"] if p not in opt.state)
-            return recorder.step(opt, *args, **kw)
-
-        torch.optim.Adam.step = step
-        return self
-
-    def __exit__(self, *exc):
-        torch.optim.Adam.step = self.step
-
-    def assert_clear(self, rel: float = 1e-4):
-        """Every first-step entry is above ``rel`` of the largest: the backends' fp32 gradients
-        agree to ~1e-6 of it (test_latent_policy_grad's parity bounds)."""
-        assert self.grads, "no Adam step was recorded"
-        for g in self.grads:
-            low = (g.abs().min() / g.abs().max()).item()
-            assert low > rel, f"a gradient entry is {low:.3g} of the largest: its sign is not robust"
 
 
 def _run(tiny, reward, **kw):
@@ -277,17 +244,21 @@ def test_seek_on_the_embedded_model(smol):
     results = {}
     backends = ("reference", "torch") if torch.cuda.is_available() else ("reference", "torch", "triton")
     for backend in backends:
-        results[backend] = seek(
-            model,
-            tok,
-            question,
-            Scripted(-1.0),
-            max_new_tokens=48,
-            rho=0.2,
-            lr=0.05,
-            max_steps=2,
-            backend=backend,
-        )
+        with DecisionGaps(model) as gaps, AdamGradients() as grads:
+            results[backend] = seek(
+                model,
+                tok,
+                question,
+                Scripted(-1.0),
+                max_new_tokens=48,
+                rho=0.2,
+                lr=0.05,
+                max_steps=2,
+                backend=backend,
+            )
+        if backend == "reference":  # the decisions the other backends must reproduce
+            gaps.assert_clear()
+            grads.assert_clear()
     ref, fast = results["reference"], results["torch"]
     assert ref.original_ids == fast.original_ids  # the original generation has no latent step
     stop = D.stop_ids(tok)  # it ends at its first stop token, or at the 48-token cap
