@@ -87,7 +87,8 @@ def _reward(args, model, tokenizer, problem):
 
 
 def _judge(problem, text, style):
-    from .answers import extract_answer, is_correct
+    from .extract import extract_answer
+    from .judge import is_correct
 
     pred = extract_answer(text, problem.dataset, style)
     return pred, (problem.gold is not None and is_correct(pred, problem.gold, problem.dataset))

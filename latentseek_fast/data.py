@@ -6,8 +6,11 @@ in Arrow streaming format, or a ``DatasetDict`` folder with ``dataset_dict.json`
 sub-folder per split). Folders are read with pyarrow only; the ``datasets`` package is not needed.
 
 Field names per data set (``docs/algorithm.md``, "Prompts, data and scoring"): GSM8K
-``question``/``answer`` (gold = the text after ``####``), MATH-500 ``problem``/``answer``,
-AIME 2024 ``Problem``/``Answer``.
+``question``/``answer`` (gold = the number after ``####``, ``gsm8k_gold``), MATH-500
+``problem``/``answer``, AIME 2024 ``Problem``/``Answer`` (matched case-insensitively, so the
+``problem``/``answer`` rows of ``aime24_test.jsonl`` load as they are). The data set names
+(``DATASETS``, ``check_dataset``) live here, since loaders, prompts, extraction and judging all
+take one.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answers import DATASETS, check_dataset, gsm8k_gold
+__all__ = [
+    "DATASETS",
+    "DEFAULT_FIELDS",
+    "Problem",
+    "check_dataset",
+    "detect_dataset",
+    "gsm8k_gold",
+    "load_problems",
+    "read_rows",
+]
 
-__all__ = ["DATASETS", "DEFAULT_FIELDS", "Problem", "detect_dataset", "load_problems", "read_rows"]
+DATASETS = ("gsm8k", "math500", "aime")
 
 # dataset -> (question field, answer field)
 DEFAULT_FIELDS = {
@@ -30,6 +42,23 @@ DEFAULT_FIELDS = {
 _ID_FIELDS = ("id", "ID", "unique_id", "idx", "problem_id")
 _FILENAME_HINTS = (("gsm8k", "gsm8k"), ("gsm", "gsm8k"), ("aime", "aime"), ("math", "math500"))
 _WRAPPER_KEYS = ("data", "rows", "examples", "problems", "test", "train", "instances", "items")
+
+
+def check_dataset(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}: allowed values are {DATASETS}")
+    return dataset
+
+
+def gsm8k_gold(answer_field: str) -> str:
+    """The ground truth of a GSM8K answer: the text after the last ``####``, commas stripped.
+
+    A field without ``####`` is taken as the bare answer (handy for hand-written files).
+    """
+    if not isinstance(answer_field, str):
+        raise ValueError(f"GSM8K answer field {answer_field!r}: expected a string")
+    text = answer_field.rsplit("####", 1)[-1]
+    return text.strip().replace(",", "").rstrip(".").strip()
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import warnings
 
-from .answers import ANSWER_STYLES, check_dataset
+from .data import check_dataset
+from .extract import ANSWER_STYLES
 
 STYLES = ANSWER_STYLES  # ("boxed", "json")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,28 @@ import torch
 # The triton backend runs under the numpy interpreter on CPU-only machines.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_file(name: str) -> Path:
+    """A file of the evaluation data folder, or a skip that says where it was looked for.
+
+    The folder is ``$LATENTSEEK_DATA`` when set (then a missing file fails), else the first
+    ``shared/data`` beside the repo or beside one of its parent folders (in CI the repo and
+    ``shared/`` are siblings, so it is ``../shared/data``).
+    """
+    env = os.environ.get("LATENTSEEK_DATA")
+    if env:
+        path = Path(env) / name
+        assert path.is_file(), f"LATENTSEEK_DATA={env!r} has no {name}"
+        return path
+    for parent in REPO.parents:
+        path = parent / "shared" / "data" / name
+        if path.is_file():
+            return path
+    pytest.skip(f"{name} not found: no shared/data/{name} beside {REPO} or its parents; set LATENTSEEK_DATA")
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +85,77 @@ def make_tiny_model(
 def tiny(tokenizer):
     """``(model, tokenizer)``: a 2-layer random Llama over the SmolLM2 vocabulary."""
     return make_tiny_model(), tokenizer
+
+
+# Smallest top-2 logit gap at which a test compares greedy tokens computed two ways (KV cache vs
+# full recompute, batch vs single, backend vs backend). Such logits differ by rounding only
+# (~1e-6 for the tiny fp32 models, ~4e-5 for the embedded model between batch and single), by an
+# amount that depends on the CPU: a closer decision could flip on another machine.
+DECISION_GAP = 1e-3
+
+
+class DecisionGaps:
+    """Records, while active, the top-2 gap of every greedy decision ``model.lm_head`` feeds: the
+    last position of a 3-D call (a decode or prefill step), every row of a 1-D or 2-D call.
+
+    ``assert_clear()`` is the precondition of a token-for-token comparison between two ways of
+    computing the same thing: no decision of the recorded run was a near-tie.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.gaps: list[float] = []
+
+    def _record(self, module, args, out):
+        logits = out.detach().float()
+        logits = logits[:, -1] if logits.dim() == 3 else logits.reshape(-1, logits.shape[-1])
+        top = logits.topk(2, dim=-1).values
+        self.gaps.extend((top[:, 0] - top[:, 1]).tolist())
+
+    def __enter__(self):
+        self.handle = self.model.lm_head.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def assert_clear(self, bound: float = DECISION_GAP):
+        assert self.gaps, "no decision was recorded"
+        low = min(self.gaps)
+        assert low > bound, (
+            f"a greedy decision had top-2 gap {low:.3g} <= {bound}: rounding may flip it on another "
+            "CPU, so tokens cannot be compared exactly; choose inputs without near-ties"
+        )
+
+
+class AdamGradients:
+    """While active, records the gradient of each ``torch.optim.Adam``'s first step (the
+    reference stepper's). That step moves each entry by about ``lr * sign(grad)``, so an entry
+    within rounding of 0 could move the other way on another backend or CPU. Later steps divide by
+    the running root mean square of the entry, which the first step already bounds away from 0."""
+
+    def __init__(self):
+        self.grads = []
+
+    def __enter__(self):
+        self.step = torch.optim.Adam.step
+        recorder = self
+
+        def step(opt, *args, **kw):
+            for group in opt.param_groups:
+                recorder.grads.extend(p.grad.detach().clone() for p in group["params"] if p not in opt.state)
+            return recorder.step(opt, *args, **kw)
+
+        torch.optim.Adam.step = step
+        return self
+
+    def __exit__(self, *exc):
+        torch.optim.Adam.step = self.step
+
+    def assert_clear(self, rel: float = 1e-4):
+        """Every first-step entry is above ``rel`` of the largest: the backends' fp32 gradients
+        agree to ~1e-6 of it (test_latent_policy_grad's parity bounds)."""
+        assert self.grads, "no Adam step was recorded"
+        for g in self.grads:
+            low = (g.abs().min() / g.abs().max()).item()
+            assert low > rel, f"a gradient entry is {low:.3g} of the largest: its sign is not robust"

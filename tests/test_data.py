@@ -1,17 +1,17 @@
-"""Problem loaders: JSONL, JSON, Parquet and datasets.save_to_disk folders built with pyarrow."""
+"""Problem loaders: JSONL, JSON, Parquet and datasets.save_to_disk folders built with pyarrow, and
+the real GSM8K, MATH-500 and AIME 2024 files read as they are (tests/conftest.py ``data_file``)."""
 
 import json
+import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from conftest import data_file
 
-from latentseek_fast.data import DATASETS, Problem, load_problems
+from latentseek_fast.data import DATASETS, Problem, gsm8k_gold, load_problems
 from latentseek_fast.demo import demo_problems, get_demo
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k_test.jsonl"
 
 GSM_ROWS = [
     {"question": "Ann has 2 cats and gets 3 more. How many cats?", "answer": "2 + 3 = 5\n#### 5"},
@@ -183,9 +183,50 @@ def test_demo_problems():
         get_demo(len(demos))
 
 
-@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K test file not in ../shared/data")
+def test_gsm8k_gold():
+    assert gsm8k_gold("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == "18"
+    assert gsm8k_gold("lots of steps\n#### 1,450") == "1450"
+    assert gsm8k_gold("#### -7") == "-7"
+    with pytest.raises(ValueError, match="expected a string"):
+        gsm8k_gold(18)
+
+
 def test_real_gsm8k_test_set():
-    problems = load_problems(GSM8K_TEST)
+    path = data_file("gsm8k_test.jsonl")
+    problems = load_problems(path)
     assert len(problems) == 1319 and {p.dataset for p in problems} == {"gsm8k"}
-    assert all(int(p.gold) == float(p.gold) for p in problems)
+    assert all(re.fullmatch(r"-?\d+", p.gold) for p in problems)
+    assert sum(p.gold.startswith("-") for p in problems) == 2
+    # 14 golds are written with thousands separators; the loader strips them.
     assert sum("," in p.meta["solution"].rsplit("####", 1)[1] for p in problems) == 14
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert [p.question for p in problems] == [r["question"] for r in rows]
+    assert [p.meta["solution"] for p in problems] == [r["answer"] for r in rows]
+
+
+def test_real_math500_test_set():
+    path = data_file("math500_test.jsonl")
+    problems = load_problems(path)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(problems) == 500 and {p.dataset for p in problems} == {"math500"}
+    assert [p.id for p in problems] == [r["unique_id"] for r in rows] and len({p.id for p in problems}) == 500
+    assert [(p.question, p.gold) for p in problems] == [(r["problem"], r["answer"]) for r in rows]
+    assert all(p.gold for p in problems)
+    assert {p.meta["level"] for p in problems} == {1, 2, 3, 4, 5}
+    assert all(set(p.meta) == {"solution", "subject", "level", "unique_id"} for p in problems)
+
+
+def test_real_aime24_test_set():
+    """Fields ``id, problem, answer, url`` (lower case): the file name says AIME, and the AIME
+    field names ``Problem``/``Answer`` match case-insensitively."""
+    path = data_file("aime24_test.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert set(rows[0]) == {"id", "problem", "answer", "url"}
+    for dataset in (None, "aime"):
+        problems = load_problems(path, dataset=dataset)
+        assert len(problems) == 30 and {p.dataset for p in problems} == {"aime"}
+        assert [p.id for p in problems] == [str(r["id"]) for r in rows] == [str(i) for i in range(60, 90)]
+        assert [p.gold for p in problems] == [r["answer"] for r in rows]
+        assert all(re.fullmatch(r"\d{1,3}", p.gold) for p in problems)
+        assert [p.question for p in problems] == [r["problem"] for r in rows]
+        assert all(p.meta["url"].startswith("https://artofproblemsolving.com/") for p in problems)

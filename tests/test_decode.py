@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import DecisionGaps, make_tiny_model
 
 from latentseek_fast import decode
 
@@ -19,8 +19,10 @@ def test_greedy_continue_matches_generate_and_full_recompute(tiny):
     model, tok = tiny
     ids = tok("Count: one two three", return_tensors="pt").input_ids
     cache = decode.new_cache(model)
-    h = decode.prefill(model, ids, cache)
-    gen = decode.greedy_continue(model, cache, h, stop=frozenset(), max_tokens=12)
+    with DecisionGaps(model) as gaps:
+        h = decode.prefill(model, ids, cache)
+        gen = decode.greedy_continue(model, cache, h, stop=frozenset(), max_tokens=12)
+    gaps.assert_clear()  # so the cached, generate's and the full-recompute tokens must agree
     assert gen.stopped_by == "length" and len(gen.ids) == 12 and gen.latents.shape == (12, 64)
     ref = model.generate(
         ids,

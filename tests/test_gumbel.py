@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from latentseek_fast.ops.gumbel import MASK32, U_SCALE, U_SHIFT, _mix, gumbel_noise, seed_key
 
-triton = pytest.importorskip("triton")
-tl = pytest.importorskip("triton.language")
+if not sys.platform.startswith("linux"):  # an install requirement on Linux: there it must import
+    pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from latentseek_fast.kernels._common import gumbel_tile, mix32  # noqa: E402
 
 

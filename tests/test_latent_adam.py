@@ -6,6 +6,8 @@ optionally clipped with torch.nn.utils.clip_grad_norm_.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -17,13 +19,42 @@ STEPS = 20
 # fp32 parity bound: the native op's sqrt is correctly rounded, ATen's vectorised one is not
 # always, so latents may drift by ~1 ulp per step (observed max 4.8e-7 over 20 steps).
 RTOL, ATOL = 1e-6, 1e-6
+# Moments: m = b1 * m + (1 - b1) * g may be rounded in another order (ATen's lerp, fused or not
+# depending on the CPU's vector kernels), which near m = 0 leaves a few ulp of the terms
+# (|g| <= ~4 here: ulp ~ 5e-7 * 0.1) as absolute error: measured 2.6e-8 with ATEN_CPU_CAPABILITY=default.
+M_ATOL = 1e-7
+# ATen CPU kernels under which torch.optim.Adam's moments round exactly as the native loop does:
+# measured equal on AVX512 and AVX2 (an Intel Xeon; an AMD EPYC), different on "default".
+BITWISE_CAPABILITIES = ("AVX2", "AVX512")
+
+
+# The install (README, .ci/run) always builds the native op with its CPU kernel; setup.py's
+# LATENTSEEK_NO_EXT=1 is the one documented way to go without it. Unless that switch is set, a
+# missing or broken build (an ABI mismatch, undefined symbols) fails these tests: it never turns
+# them into skips. The CUDA kernel is built only where nvcc exists, so its absence may skip.
+NATIVE_OPTED_OUT = os.environ.get("LATENTSEEK_NO_EXT", "0") == "1"
 
 
 def _native_or_skip(device: str = "cpu") -> None:
     if not ext_available():
-        pytest.skip(f"native extension not built: {ext_unavailable_reason()}")
+        if not NATIVE_OPTED_OUT:
+            pytest.fail(
+                f"the native extension must load (LATENTSEEK_NO_EXT is not 1): {ext_unavailable_reason()}"
+            )
+        pytest.skip(f"native extension not built (LATENTSEEK_NO_EXT=1): {ext_unavailable_reason()}")
     if not ext_has_kernel("latent_adam_", device):
-        pytest.skip(f"native extension has no {device} kernel")
+        if device == "cpu":
+            pytest.fail("the native extension loaded but has no CPU kernel for latent_adam_")
+        pytest.skip(f"native extension has no {device} kernel (built without nvcc)")
+
+
+def test_native_extension_is_built_unless_opted_out():
+    """The guard of every native test above: with the build on, the op loads and has a CPU kernel."""
+    if NATIVE_OPTED_OUT:
+        assert not ext_available() or ext_has_kernel("latent_adam_", "cpu")
+        pytest.skip("LATENTSEEK_NO_EXT=1: the native build was switched off")
+    assert ext_available(), ext_unavailable_reason()
+    assert ext_has_kernel("latent_adam_", "cpu")
 
 
 def _cuda_or_skip() -> None:
@@ -69,7 +100,7 @@ def _run_parity(impl, device, reward_kind, clip, shape=(37, 123)):
         assert out is lat
         torch.testing.assert_close(lat, param.detach(), rtol=RTOL, atol=ATOL)
     state = opt.state[param]
-    torch.testing.assert_close(m, state["exp_avg"], rtol=RTOL, atol=1e-9)
+    torch.testing.assert_close(m, state["exp_avg"], rtol=RTOL, atol=M_ATOL)
     torch.testing.assert_close(v, state["exp_avg_sq"], rtol=1e-5, atol=1e-12)
 
 
@@ -82,6 +113,8 @@ def test_parity_with_torch_adam_fp32(impl, reward_kind, clip):
 
 
 def test_native_moments_bitwise_without_clipping():
+    """The moments match torch.optim.Adam's to a few ulp everywhere, bit for bit where ATen runs
+    its AVX2/AVX512 kernels (with ATEN_CPU_CAPABILITY=default its scalar lerp rounds otherwise)."""
     _native_or_skip()
     x0, g = _make((9, 257), seed=3)
     param = torch.nn.Parameter(x0.clone())
@@ -92,8 +125,11 @@ def test_native_moments_bitwise_without_clipping():
         param.grad = -0.5 * direction
         opt.step()
         latent_adam_(lat, direction, -0.5, m, v, step, LR, impl="native")
-    assert torch.equal(m, opt.state[param]["exp_avg"])
-    assert torch.equal(v, opt.state[param]["exp_avg_sq"])
+    state = opt.state[param]
+    torch.testing.assert_close(m, state["exp_avg"], rtol=RTOL, atol=M_ATOL)
+    torch.testing.assert_close(v, state["exp_avg_sq"], rtol=RTOL, atol=1e-12)
+    if torch.backends.cpu.get_cpu_capability() in BITWISE_CAPABILITIES:
+        assert torch.equal(m, state["exp_avg"]) and torch.equal(v, state["exp_avg_sq"])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -134,7 +170,7 @@ def test_low_precision_without_master_native_matches_fallback(dtype):
         latent_adam_(lat_t, direction, -0.8, mt, vt, step, LR, impl="torch")
         ulp = torch.finfo(dtype).eps
         torch.testing.assert_close(lat_n, lat_t, rtol=ulp, atol=1e-6)
-    torch.testing.assert_close(mn, mt, rtol=RTOL, atol=1e-9)
+    torch.testing.assert_close(mn, mt, rtol=RTOL, atol=M_ATOL)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

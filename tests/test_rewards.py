@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import DecisionGaps, make_tiny_model
 
 from latentseek_fast import decode, decode_batch
 from latentseek_fast.rewards import PSRM, Reward, RewardError, SelfReward, as_reward
@@ -253,7 +253,9 @@ def _full_recompute(model, tok, prompt, n, stops):
 def test_batched_matches_sequential_and_full_recompute(small):
     model, tok = small
     stops = decode_batch.stop_token_ids(tok, model)
-    batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 12)
+    with DecisionGaps(model) as gaps:
+        batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 12)
+    gaps.assert_clear()  # so batch, single and full recompute must pick the same tokens
     sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 12)[0] for p in PROMPTS]
     assert batched == sequential
     assert batched == [_full_recompute(model, tok, p, 12, stops) for p in PROMPTS]
@@ -271,9 +273,11 @@ def test_finished_rows_leave_the_batch(small, monkeypatch):
         lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:
-        batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
+        with DecisionGaps(model) as gaps:
+            batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
     finally:
         handle.remove()
+    gaps.assert_clear()
     sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 16)[0] for p in PROMPTS]
     assert batched == sequential
     lengths = [len(r) for r in batched]
@@ -340,7 +344,9 @@ def test_real_model_batched_matches_sequential(smol):
             "Tom has 3 apples and buys 4 more apples. How many apples does he have now?",
         )
     ]
-    batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
+    with DecisionGaps(model) as gaps:
+        batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
+    gaps.assert_clear()
     assert batched == [decode_batch.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
     assert tok.convert_tokens_to_ids("<|im_end|>") in decode_batch.stop_token_ids(tok, model)
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import AdamGradients, DecisionGaps, make_tiny_model
 
 from latentseek_fast import SeekConfig, decode, seek
 from latentseek_fast.rewards import RewardError
@@ -99,37 +99,90 @@ def test_start_index_keeps_prefix(tiny):
     ],
 )
 def test_fused_backends_match_reference_on_tiny_model(tiny, backend):
-    ref = _run(tiny, Scripted(-1.0), max_steps=3, backend="reference")
+    with DecisionGaps(tiny[0]) as gaps, AdamGradients() as grads:
+        ref = _run(tiny, Scripted(-1.0), max_steps=3, backend="reference")
+    gaps.assert_clear()  # no near-tie among the reference's decisions, and
+    grads.assert_clear()  # no gradient entry whose sign rounding could flip (Adam steps by its sign)
     fast = _run(tiny, Scripted(-1.0), max_steps=3, backend=backend)
     assert fast.answer_ids == ref.answer_ids and fast.backend == backend
 
 
-def test_model_dtype_latents_reproduce_research_rounding(tokenizer):
+class HeadInputs:
+    """Records the 2-D inputs of ``model.lm_head``: the latents the reference stepper scores
+    (decoding calls the head on 3-D hidden states, so they are not recorded)."""
+
+    def __init__(self, model):
+        self.seen = []
+        self.handle = model.lm_head.register_forward_pre_hook(self._record)
+
+    def _record(self, module, args):
+        if args[0].dim() == 2:
+            self.seen.append(args[0].detach().clone())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def research_adam_steps(head, x0, reward, steps, lr, master):
+    """The research code's latent update, written out: Adam on the latents, loss
+    ``-reward * sum(log(softmax(head(x)) + 1e-8)[argmax] + 1e-10)``. ``master=False`` keeps the
+    parameter in the model dtype (the research code); True optimises an fp32 copy instead."""
+    param = torch.nn.Parameter(x0.float() if master else x0.clone())
+    opt = torch.optim.Adam([param], lr=lr)
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = head(param.to(x0.dtype))
+        probs = torch.softmax(logits.float() if master else logits, dim=-1) + 1e-8
+        tok = probs.argmax(dim=-1)
+        (-reward * torch.log(probs[torch.arange(len(tok)), tok] + 1e-10).sum()).backward()
+        opt.step()
+        out.append(param.detach().to(x0.dtype).clone())
+    return out
+
+
+def _seek_bf16(model, tokenizer, **kw):
+    """Two steps on 4 of 8 latents of a bf16 tiny model, the reward always -1."""
+    kw = dict(prompt=PROMPT, max_new_tokens=8, rho=0.5, max_steps=2, lr=0.03, **kw)
+    res = seek(model, tokenizer, "q", Scripted(-1.0), **kw)
+    assert res.iterations == 2 and res.update_length == 4 and res.original_length == 8
+    return res
+
+
+@pytest.mark.parametrize("latent_dtype", ["model", "fp32"])
+def test_model_dtype_latents_reproduce_research_rounding(tokenizer, latent_dtype):
+    """bf16 model: ``latent_dtype="model"`` keeps the latents and Adam's state in bf16 (rounded
+    every step, as the research code does); ``fp32`` steps an fp32 master. The latents the
+    stepper hands the LM head must be the written-out update's, bit for bit, and the two modes
+    must differ (so the check can tell them apart)."""
     model = make_tiny_model(dtype=torch.bfloat16)
-    res = seek(
-        model,
-        tokenizer,
-        "q",
-        Scripted(-1.0),
-        prompt=PROMPT,
-        max_new_tokens=8,
-        rho=0.5,
-        max_steps=2,
-        latent_dtype="model",
-    )
-    assert res.backend == "reference" and res.iterations == 2
-    fused = seek(
-        model,
-        tokenizer,
-        "q",
-        Scripted(-1.0),
-        prompt=PROMPT,
-        max_new_tokens=8,
-        rho=0.5,
-        max_steps=2,
-        backend="torch",
-    )
-    assert fused.iterations == 2 and len(fused.answer_ids) == len(res.answer_ids)
+    with HeadInputs(model) as rec:
+        res = _seek_bf16(model, tokenizer, backend="reference", latent_dtype=latent_dtype)
+    assert res.backend == "reference"
+    # Per step: the head scores the current latents, then re-decodes the updated ones.
+    assert len(rec.seen) == 4 and all(x.shape == (4, 64) and x.dtype == torch.bfloat16 for x in rec.seen)
+    x0, x1, x1_again, x2 = rec.seen
+    assert torch.equal(x1, x1_again)
+    with torch.no_grad():
+        states = model.model(torch.tensor([tokenizer(PROMPT).input_ids + res.original_ids[:-1]]))[0]
+    P = len(tokenizer(PROMPT).input_ids)
+    # The original answer's first L latents (cached decode vs a full forward: equal up to bf16 rounding).
+    torch.testing.assert_close(x0, states[0, P - 1 : P + 3], rtol=2e-2, atol=2e-2)
+    with torch.enable_grad():
+        exact = research_adam_steps(model.lm_head, x0, -1.0, 2, 0.03, master=False)
+        master = research_adam_steps(model.lm_head, x0, -1.0, 2, 0.03, master=True)
+    assert not torch.equal(exact[1], master[1])  # bf16 rounding of the steps is visible
+    want = exact if latent_dtype == "model" else master
+    assert torch.equal(x1, want[0]) and torch.equal(x2, want[1])
+    assert res.answer_ids[:4] == model.lm_head(x2).argmax(-1).tolist()
+
+
+def test_fused_backend_runs_a_bf16_model(tokenizer):
+    res = _seek_bf16(make_tiny_model(dtype=torch.bfloat16), tokenizer, backend="torch")
+    assert res.backend == "torch" and len(res.answer_ids) == res.final_length
 
 
 @pytest.mark.parametrize("bad", [float("nan"), None, "abc", math.inf])
@@ -190,23 +243,26 @@ def test_seek_on_the_embedded_model(smol):
     results = {}
     backends = ("reference", "torch") if torch.cuda.is_available() else ("reference", "torch", "triton")
     for backend in backends:
-        results[backend] = seek(
-            model,
-            tok,
-            question,
-            Scripted(-1.0),
-            max_new_tokens=48,
-            rho=0.2,
-            lr=0.05,
-            max_steps=2,
-            backend=backend,
-        )
+        with DecisionGaps(model) as gaps, AdamGradients() as grads:
+            results[backend] = seek(
+                model,
+                tok,
+                question,
+                Scripted(-1.0),
+                max_new_tokens=48,
+                rho=0.2,
+                lr=0.05,
+                max_steps=2,
+                backend=backend,
+            )
+        if backend == "reference":  # the decisions the other backends must reproduce
+            gaps.assert_clear()
+            grads.assert_clear()
     ref, fast = results["reference"], results["torch"]
-    assert (
-        ref.original_ids == fast.original_ids
-        and ref.original_answer.endswith(tok.eos_token)
-        or ref.original_length == 48
-    )
+    assert ref.original_ids == fast.original_ids  # the original generation has no latent step
+    stop = decode.stop_ids(tok)  # it ends at its first stop token, or at the 48-token cap
+    assert not any(t in stop for t in ref.original_ids[:-1])
+    assert ref.original_ids[-1] in stop or ref.original_length == 48
     assert ref.answer_ids == fast.answer_ids and ref.iterations == 2
     if "triton" in results:
         assert results["triton"].answer_ids == ref.answer_ids and results["triton"].backend == "triton"
@@ -223,7 +279,10 @@ def test_sample_mode_is_reproducible_and_backend_independent(tiny):
         assert res.iterations == 2
         return res.answer_ids
 
+    with DecisionGaps(tiny[0]) as gaps, AdamGradients() as grads:
+        assert run("reference", 4) == run("torch", 4)
+    gaps.assert_clear()
+    grads.assert_clear()
     first = run("torch", 3)
     assert run("torch", 3) == first
     assert run("reference", 3) == first
-    assert run("reference", 4) == run("torch", 4)

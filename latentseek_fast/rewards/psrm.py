@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..answers import check_dataset, check_style, extract_answer, is_correct
+from ..data import check_dataset
+from ..extract import check_style, extract_answer
+from ..judge import is_correct
 from .base import Reward
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from .. import decode_batch
-from ..answers import last_boxed
+from ..extract import last_boxed
 from ..prompts import render_chat
 from .base import Reward
 

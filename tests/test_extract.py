@@ -1,15 +1,8 @@
-"""Answer extraction and judging on hand-written replies, and GSM8K gold parsing on the real file."""
-
-import json
-import re
-import threading
-from pathlib import Path
+"""Answer extraction on hand-written replies (judging is in test_judge.py)."""
 
 import pytest
 
-from latentseek_fast.answers import extract_answer, gsm8k_gold, is_correct, last_boxed
-
-GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k_test.jsonl"
+from latentseek_fast.extract import extract_answer, last_boxed
 
 
 @pytest.mark.parametrize(
@@ -98,71 +91,3 @@ def test_extract_validates_arguments():
     with pytest.raises(ValueError, match="xml"):
         extract_answer("1", "gsm8k", style="xml")
     assert extract_answer(None, "gsm8k") is None
-
-
-@pytest.mark.parametrize(
-    "pred, gold, dataset, expected",
-    [
-        ("1,450", "1450", "gsm8k", True),
-        ("1450", "1,450", "gsm8k", True),
-        ("72.0", "72", "gsm8k", True),
-        ("$18", "18", "gsm8k", True),
-        ("-3", "-3", "gsm8k", True),
-        ("3", "-3", "gsm8k", False),
-        ("3/4", "0.75", "gsm8k", True),
-        ("18", "19", "gsm8k", False),
-        (None, "18", "gsm8k", False),
-        ("", "18", "gsm8k", False),
-        ("033", "33", "aime", True),
-        ("33.0", "33", "aime", True),
-        ("33.5", "33", "aime", False),
-        ("abc", "33", "aime", False),
-        ("0.5", r"\frac{1}{2}", "math500", True),
-        (r"\dfrac{1}{2}", r"\frac12", "math500", True),
-        ("(x+1)^2", "x^2+2x+1", "math500", True),
-        (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})", "math500", True),
-        (r"\text{(C)}", r"\text{(C)}", "math500", True),
-        ("3", "4", "math500", False),
-        (None, "4", "math500", False),
-    ],
-)
-def test_is_correct(pred, gold, dataset, expected):
-    assert is_correct(pred, gold, dataset) is expected
-
-
-def test_is_correct_unknown_dataset_names_it():
-    with pytest.raises(ValueError, match="svamp"):
-        is_correct("1", "1", "svamp")
-
-
-def test_math_verify_outside_the_main_thread():
-    # signal-based timeouts only work in the main thread; the worker path must still judge.
-    out = []
-    t = threading.Thread(
-        target=lambda: out.append(
-            (is_correct("0.5", r"\frac{1}{2}", "math500"), is_correct("0.4", r"\frac{1}{2}", "math500"))
-        )
-    )
-    t.start()
-    t.join(30)
-    assert out == [(True, False)]
-
-
-def test_gsm8k_gold():
-    assert gsm8k_gold("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == "18"
-    assert gsm8k_gold("lots of steps\n#### 1,450") == "1450"
-    assert gsm8k_gold("#### -7") == "-7"
-
-
-@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K test file not in ../shared/data")
-def test_gsm8k_gold_on_the_real_test_set():
-    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines() if line.strip()]
-    assert len(rows) == 1319
-    golds = [gsm8k_gold(r["answer"]) for r in rows]
-    assert all(re.fullmatch(r"-?\d+", g) for g in golds)
-    assert sum("," in r["answer"].rsplit("####", 1)[1] for r in rows) == 14
-    # a reply that boxes the gold with thousands separators is judged correct
-    with_commas = [r for r in rows if "," in r["answer"].rsplit("####", 1)[1]]
-    for r in with_commas:
-        raw = r["answer"].rsplit("####", 1)[1].strip()
-        assert is_correct(extract_answer(f"so \\boxed{{{raw}}}", "gsm8k"), gsm8k_gold(r["answer"]), "gsm8k")
