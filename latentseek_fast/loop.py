@@ -82,6 +82,7 @@ def seek_loop(
     cont_max_tokens: int,
     clock: _Clock,
     prompt_cache=None,
+    on_event=None,
 ):
     """Steps 2-5 of Algorithm 1 from an original answer.
 
@@ -89,7 +90,8 @@ def seek_loop(
 
     ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
     prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
-    The original answer is returned (as ``None`` ids) when nothing was stepped.
+    The original answer is returned (as ``None`` ids) when nothing was stepped. ``on_event`` gets
+    an ``engine.events.IterationDone`` after each iteration.
     """
     T = int(latents.shape[0])
     L = min(int(config.rho * T), config.max_update_length)
@@ -124,7 +126,7 @@ def seek_loop(
         new_tokens = stepper.step(reward_now, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
-        t0 = time.perf_counter()
+        t0 = t_dec = time.perf_counter()
         D.truncate_cache(prompt_cache, base_len)
         x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
         h = D.prefill(model, x, prompt_cache)
@@ -135,10 +137,15 @@ def seek_loop(
         text = tokenizer.decode(ids)
         clock.add("decode", t0)
 
-        t0 = time.perf_counter()
+        t0 = t1 = time.perf_counter()
         reward_now = score(text)
         clock.add("reward", t0)
         history.append(reward_now)
+        if on_event is not None:
+            from .engine.events import IterationDone, rate
+
+            secs, made = t1 - t_dec, len(new_tokens) + len(cont.ids)
+            on_event(IterationDone(0, len(history) - 1, reward_now, len(ids), secs, rate(made, secs)))
     return ids, text, history, L, stopped, backend
 
 
@@ -183,6 +190,7 @@ def seek(
     prompt: str | None = None,
     dataset: str = "gsm8k",
     style: str = "boxed",
+    on_event=None,
     **overrides,
 ) -> SeekResult:
     """Answer ``problem`` greedily, then improve the answer by policy gradient on its latents.
@@ -191,7 +199,9 @@ def seek(
     ``get_reward(question, answer)``, any callable ``(question, answer) -> float``, ``"psrm"``,
     ``"self"`` or None (PSRM when the problem has a gold answer, else self-reward). ``prompt``:
     an already templated prompt; by default one is built with ``prompts.build_prompt``.
-    ``overrides`` replace fields of ``config``.
+    ``overrides`` replace fields of ``config``. ``on_event``: called with progress events as they
+    happen (``latentseek_fast.engine.events``: each original token, the scored original answer,
+    each iteration, the result; index 0).
     """
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     question, gold, dataset = _problem_parts(problem, dataset, style)
@@ -209,13 +219,23 @@ def seek(
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     cache = D.new_cache(model)
     h = D.prefill(model, prompt_ids, cache)
-    gen = D.greedy_continue(model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=config.max_new_tokens)
+    on_token = None
+    if on_event is not None:
+        from .engine import events as E
+
+        on_token = lambda tok: on_event(E.OriginalToken(0, tok, tokenizer.decode([tok])))  # noqa: E731
+    gen = D.greedy_continue(
+        model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=config.max_new_tokens, on_token=on_token
+    )
     original_text = tokenizer.decode(gen.ids)
     clock.add("generate", t0)
 
     t0 = time.perf_counter()
     r0 = score(original_text)
     clock.add("reward", t0)
+    if on_event is not None:
+        T, secs = len(gen.ids), clock.t["generate"]
+        on_event(E.OriginalDone(0, original_text, T, r0, secs, E.rate(T, secs)))
 
     ids, text, history, L, stopped, backend = seek_loop(
         model,
@@ -230,11 +250,12 @@ def seek(
         cont_max_tokens=config.max_new_tokens,
         clock=clock,
         prompt_cache=cache,
+        on_event=on_event,
     )
     if ids is None:
         ids, text = gen.ids, original_text
     say_once(f"seek-backend-{backend}", f"latentseek_fast: latent steps on the '{backend}' backend")
-    return SeekResult(
+    result = SeekResult(
         answer=text,
         answer_ids=list(ids),
         original_answer=original_text,
@@ -248,3 +269,6 @@ def seek(
         backend=backend,
         timings=clock.t,
     )
+    if on_event is not None:
+        on_event(E.ProblemDone(0, result))
+    return result

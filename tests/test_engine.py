@@ -7,7 +7,6 @@ only, like the kernels) on fp32 models; one slow test on the embedded model.
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
