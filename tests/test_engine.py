@@ -100,9 +100,11 @@ def assert_same(got, want):
 # -- the decoder ---------------------------------------------------------------------------------
 
 
-def test_decoder_step_equals_per_row_decoding(llama64):
+@pytest.mark.parametrize("split", [False, True], ids=["one-forward", "long-feeds-apart"])
+def test_decoder_step_equals_per_row_decoding(llama64, split):
     """Ragged feeds, several tokens per row per step, rollback of one row, drop and slot reuse:
-    every latent equals the one of the same tokens run alone through a fresh cache."""
+    every latent equals the one of the same tokens run alone through a fresh cache. ``split``:
+    feeds of more than 2 tokens run as a second forward over their own (gathered) slots."""
     model = llama64
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, 49152, (n,), generator=g).tolist() for n in (5, 9, 3)]
@@ -114,7 +116,8 @@ def test_decoder_step_equals_per_row_decoding(llama64):
     def close(a, b):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
-    dec = HFDecoder(model, initial_capacity=4)  # small, so the store grows while rows live
+    # A small store, so that it grows while rows live.
+    dec = HFDecoder(model, initial_capacity=4, long_feed=2, split_gain=0.0 if split else 1e9)
     a, b, c = (dec.add_row() for _ in range(3))
     s1 = dec.step({a: seqs[0][:2], b: seqs[1], c: seqs[2][:1]})
     s2 = dec.step({a: seqs[0][2:], c: seqs[2][1:2]})
@@ -131,6 +134,7 @@ def test_decoder_step_equals_per_row_decoding(llama64):
     s5 = dec.step({c: [12, 13]})
     close(s5[c], alone(seqs[2] + [12, 13])[3:])
 
+    assert dec.forwards == (8 if split else 5)
     dec.drop_row(a)
     d = dec.add_row()
     assert d == a and dec.length(d) == 0  # the freed slot is reused, empty

@@ -70,26 +70,32 @@ class _SlotKV:
     explicit positions mean the model never asks the cache for its length).
     """
 
-    def __init__(self, offsets: torch.Tensor, width: int, kv_len: int, store: list, rows: torch.Tensor):
+    def __init__(self, offsets, width: int, kv_len: int, store: list, slots, every_slot: bool):
         self.cols = offsets[:, None] + torch.arange(width, device=offsets.device)[None, :]  # [B, W]
-        self.rows = rows[:, None].expand_as(self.cols)
+        self.rows = slots[:, None].expand_as(self.cols)
+        self.slots, self.every_slot = slots, every_slot
         self.kv_len = kv_len
         self.store = store  # [(K, V)] per layer, each [slots, H, capacity, D]
-        self.n = rows.numel()
+        self.n = slots.numel()
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         K, V = self.store[layer_idx]
         # key [B, H, W, D] -> [B, W, H, D] to match the advanced index (rows, :, cols).
         K[self.rows, :, self.cols] = key.transpose(1, 2).to(K.dtype)
         V[self.rows, :, self.cols] = value.transpose(1, 2).to(V.dtype)
-        return K[: self.n, :, : self.kv_len], V[: self.n, :, : self.kv_len]
+        if self.every_slot:  # slots 0..n-1: views, no copy
+            return K[: self.n, :, : self.kv_len], V[: self.n, :, : self.kv_len]
+        return (
+            K[:, :, : self.kv_len].index_select(0, self.slots),
+            V[:, :, : self.kv_len].index_select(0, self.slots),
+        )
 
 
 class HFDecoder(Decoder):
     """``Decoder`` over a Hugging Face causal LM's backbone (``model.model``), which must return
     post-final-norm hidden states (Llama, Qwen2/3, Mistral, Gemma)."""
 
-    def __init__(self, model, *, initial_capacity: int = 256):
+    def __init__(self, model, *, initial_capacity: int = 256, long_feed: int = 16, split_gain: float = 2.0):
         D.lm_head_of(model)  # validates: a causal LM with a backbone
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
         if impl not in ATTN_IMPLEMENTATIONS:
@@ -112,6 +118,7 @@ class HFDecoder(Decoder):
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.capacity = max(1, int(initial_capacity))
+        self.long_feed, self.split_gain = int(long_feed), float(split_gain)
         self.store: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.lengths: list[int] = []  # per slot
         self.used: list[bool] = []  # per slot
@@ -179,8 +186,17 @@ class HFDecoder(Decoder):
     # -- the forward -------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
-        """Feed ``feeds[row]`` (>= 1 token ids) to each listed row in one forward; return each
-        row's latents ``[len(feeds[row]), d]`` (post-final-norm hidden states)."""
+        """Feed ``feeds[row]`` (>= 1 token ids) to each listed row; return each row's latents
+        ``[len(feeds[row]), d]`` (post-final-norm hidden states).
+
+        Normally one forward over every occupied slot, padded to the longest feed. When some
+        feeds are long (more than ``long_feed`` tokens: a prompt, a verifier prompt, the L
+        re-decoded tokens) and padding every row to them would compute more than twice the
+        positions, the long feeds run as a second forward over their own slots only (their
+        cached columns gathered), so a prompt admitted into a full batch costs its own length,
+        not ``rows x`` its length. (``split_gain``: how many times fewer positions the split
+        must compute; 0 always splits, for tests.)
+        """
         if not feeds:
             return {}
         for row, toks in feeds.items():
@@ -189,12 +205,28 @@ class HFDecoder(Decoder):
                 raise ValueError(f"step: row {row} was given no tokens")
         n = len(self.used)
         width = max(len(t) for t in feeds.values())
-        lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
-        kv_len = int(max(self.lengths)) + width
-        self._grow(n, kv_len)
+        long = {r: t for r, t in feeds.items() if len(t) > self.long_feed}
+        short = {r: t for r, t in feeds.items() if len(t) <= self.long_feed}
+        if long and short:
+            short_w = max(len(t) for t in short.values())
+            if (n * short_w + len(long) * width) * self.split_gain < n * width:
+                out = self._forward(list(range(n)), short)
+                out.update(self._forward(sorted(long), long))
+                return out
+        return self._forward(list(range(n)), feeds)
+
+    def _forward(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        """One forward over ``slots`` (ascending); slots without a feed compute masked padding."""
+        n = len(slots)
+        every_slot = slots == list(range(len(self.used)))
+        width = max(len(t) for t in feeds.values())
+        lengths = torch.tensor([self.lengths[s] for s in slots], dtype=torch.long, device=self.device)
+        kv_len = int(lengths.max()) + width
+        self._grow(len(self.used), kv_len)
         ids = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        index = {s: i for i, s in enumerate(slots)}
         for row, toks in feeds.items():
-            ids[row, : len(toks)] = torch.as_tensor(list(toks), dtype=torch.long)
+            ids[index[row], : len(toks)] = torch.as_tensor(list(toks), dtype=torch.long)
         positions = lengths[:, None] + torch.arange(width, device=self.device)[None, :]
         cols = torch.arange(kv_len, device=self.device)
         allowed = cols[None, None, :] <= positions[:, :, None]  # [n, W, kv_len]
@@ -204,7 +236,8 @@ class HFDecoder(Decoder):
             mask = mask[:, None]
         else:
             mask = allowed[:, None]
-        kv = _SlotKV(lengths, width, kv_len, self.store, torch.arange(n, device=self.device))
+        slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
+        kv = _SlotKV(lengths, width, kv_len, self.store, slot_t, every_slot)
         out = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
         )[0]
@@ -214,5 +247,5 @@ class HFDecoder(Decoder):
             k = len(toks)
             self.lengths[row] += k
             self.fed_tokens += k
-            result[row] = out[row, :k]
+            result[row] = out[index[row], :k]
         return result
