@@ -355,6 +355,8 @@ def test_bad_arguments_are_named(llama64, tokenizer, kw, match):
         lsf.iter_seek(llama64, tokenizer, QUESTIONS[:2], hashed_reward, **kw)
     with pytest.raises(ValueError, match="problems="):
         lsf.seek_many(llama64, tokenizer, "What is 2+3?", hashed_reward)
+    with pytest.raises(ValueError, match=r"problems\[1\]: problem=''"):
+        lsf.seek_many(llama64, tokenizer, ["What is 2+3?", ""], hashed_reward)
 
 
 # -- the embedded model --------------------------------------------------------------------------

@@ -144,7 +144,12 @@ class Engine:
         if prompts is not None and len(prompts) != n:
             raise ValueError(f"prompts has {len(prompts)} entries; expected one per problem ({n})")
         rewards = self._rewards(reward, n)
-        self.parts = [_problem_parts(p, dataset, style) for p in problems]  # validates every question
+        self.parts = []
+        for i, p in enumerate(problems):  # every question is checked before anything runs
+            try:
+                self.parts.append(_problem_parts(p, dataset, style))
+            except ValueError as e:
+                raise ValueError(f"problems[{i}]: {e}") from None
         self.specs = []
         for i, (question, gold, ds) in enumerate(self.parts):
             try:
