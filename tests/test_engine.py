@@ -407,3 +407,21 @@ def test_seek_many_on_the_embedded_model(smol):
         assert gap < 1e-4, (
             f"problem {i}: token {k} differs ({a[k : k + 1]} vs {b[k : k + 1]}), top-2 gap {gap}"
         )
+
+
+def test_decoder_rejects_sliding_window_layers():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+    )
+    with pytest.raises(ValueError, match="sliding_attention"):
+        HFDecoder(AutoModelForCausalLM.from_config(cfg))

@@ -115,6 +115,12 @@ class HFDecoder(Decoder):
         self.head_dim = (
             getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
         )
+        kinds = set(getattr(text_cfg, "layer_types", None) or ())
+        if kinds - {"full_attention"}:
+            raise ValueError(
+                f"model layer types {sorted(kinds)}: the engine's decoder masks full causal attention "
+                "only (sliding-window or linear-attention layers would need their own masks)"
+            )
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.capacity = max(1, int(initial_capacity))

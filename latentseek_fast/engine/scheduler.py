@@ -14,8 +14,9 @@ The scheduler keeps up to ``batch_size`` problems in flight and repeats one roun
    threshold/max_steps tests, and take the latent step of every problem that is due in one
    batched call (``latent.FusedBatch``; the ``reference`` backend loops per problem, it is the
    oracle);
-3. ONE decoder forward over every row that is decoding (original answers, continuations,
-   verifier replies), ragged feeds included; one argmax over all their next tokens.
+3. one decoder step over every row that is decoding (original answers, continuations,
+   verifier replies), ragged feeds included: one forward (two when long feeds such as an
+   admitted prompt run apart, see ``HFDecoder.step``); one argmax over all next tokens.
 
 Wall time of a shared operation is split over the problems it served, in proportion to their
 work (tokens fed, latent rows), so a problem's ``timings`` sum with the others' to the wall
