@@ -19,6 +19,7 @@ from setuptools import setup
 
 PACKAGES = [
     "latentseek_fast",
+    "latentseek_fast.engine",
     "latentseek_fast.ops",
     "latentseek_fast.rewards",
     "latentseek_fast.kernels",

@@ -14,6 +14,8 @@ _EXPORTS = {
     "SeekConfig": "latentseek_fast.config",
     "SeekResult": "latentseek_fast.loop",
     "seek": "latentseek_fast.loop",
+    "seek_many": "latentseek_fast.engine.scheduler",
+    "iter_seek": "latentseek_fast.engine.scheduler",
     "LatentGrad": "latentseek_fast.ops.latent_policy_grad",
     "latent_policy_grad": "latentseek_fast.ops.latent_policy_grad",
     "latent_adam_": "latentseek_fast.ops.latent_adam",

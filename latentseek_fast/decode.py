@@ -123,12 +123,14 @@ def greedy_continue(
     stop: frozenset[int],
     max_tokens: int,
     keep_latents: bool = True,
+    on_token=None,
 ) -> Generation:
     """Continue greedily from ``last_hidden`` ``[d]`` (the latent predicting the next token).
 
     ``cache`` must already hold every position before that next token. At most ``max_tokens``
     tokens are produced; the stop token is included and its latent recorded (the research code
     records the latent before the stop test). The stop token itself is never fed to the model.
+    ``on_token(id)``, when given, is called with each token as soon as it is chosen.
     """
     head = lm_head_of(model)
     device = last_hidden.device
@@ -142,6 +144,8 @@ def greedy_continue(
             lats.append(h)
         tok = int(torch.argmax(head(h)).item())
         ids.append(tok)
+        if on_token is not None:
+            on_token(tok)
         if tok in stop:
             stopped = "stop"
             break

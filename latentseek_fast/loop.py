@@ -98,12 +98,14 @@ def seek_loop(
     cont_max_tokens: int,
     clock: PhaseClock,
     prompt_cache=None,
+    on_event=None,
 ) -> LoopOutcome:
     """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
     ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
     prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
-    ``score`` maps an answer text to its reward.
+    ``score`` maps an answer text to its reward. ``on_event`` gets an
+    ``engine.events.IterationDone`` after each iteration.
     """
     T = int(latents.shape[0])
     L = config.update_length(T)
@@ -138,7 +140,7 @@ def seek_loop(
         new_tokens = stepper.step(reward_now, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
-        t0 = time.perf_counter()
+        t0 = t_dec = time.perf_counter()
         decode.truncate_cache(prompt_cache, base_len)
         x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
         h = decode.prefill(model, x, prompt_cache)
@@ -149,14 +151,19 @@ def seek_loop(
         text = tokenizer.decode(ids)
         clock.add("decode", t0)
 
-        t0 = time.perf_counter()
+        t0 = t1 = time.perf_counter()
         reward_now = score(text)
         clock.add("reward", t0)
         history.append(reward_now)
+        if on_event is not None:
+            from .engine.events import IterationDone, rate
+
+            secs, made = t1 - t_dec, len(new_tokens) + len(cont.ids)
+            on_event(IterationDone(0, len(history) - 1, reward_now, len(ids), secs, rate(made, secs)))
     return LoopOutcome(ids, text, history, L, stopped, backend)
 
 
-def _problem_parts(problem, dataset):
+def problem_parts(problem, dataset):
     """``(question, gold, dataset)`` from a string or a ``data.Problem``."""
     if hasattr(problem, "question"):
         question, gold, dataset = problem.question, getattr(problem, "gold", None), problem.dataset or dataset
@@ -178,6 +185,7 @@ def seek(
     dataset: str = "gsm8k",
     style: str = "boxed",
     format_rule: bool = False,
+    on_event=None,
     **overrides,
 ) -> SeekResult:
     """Answer ``problem`` greedily, then improve the answer by policy gradient on its latents.
@@ -187,10 +195,12 @@ def seek(
     ``"self"`` or None (PSRM when the problem has a gold answer, else self-reward); see
     ``rewards.make_reward``, which also receives ``style`` and ``format_rule``. ``prompt``: an
     already templated prompt; by default one is built with ``prompts.build_prompt``.
-    ``overrides`` replace fields of ``config``.
+    ``overrides`` replace fields of ``config``. ``on_event``: called with progress events as they
+    happen (``latentseek_fast.engine.events``: each original token, the scored original answer,
+    each iteration, the result; index 0).
     """
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
-    question, gold, dataset = _problem_parts(problem, dataset)
+    question, gold, dataset = problem_parts(problem, dataset)
     head = decode.lm_head_of(model)
     if prompt is None:
         from .prompts import build_prompt
@@ -207,8 +217,13 @@ def seek(
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     cache = decode.new_cache(model)
     h = decode.prefill(model, prompt_ids, cache)
+    on_token = None
+    if on_event is not None:
+        from .engine import events
+
+        on_token = lambda tok: on_event(events.OriginalToken(0, tok, tokenizer.decode([tok])))  # noqa: E731
     gen = decode.greedy_continue(
-        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=config.max_new_tokens
+        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=config.max_new_tokens, on_token=on_token
     )
     original_text = tokenizer.decode(gen.ids)
     clock.add("generate", t0)
@@ -216,6 +231,9 @@ def seek(
     t0 = time.perf_counter()
     r0 = score(original_text)
     clock.add("reward", t0)
+    if on_event is not None:
+        T, secs = len(gen.ids), clock.seconds["generate"]
+        on_event(events.OriginalDone(0, original_text, T, r0, secs, events.rate(T, secs)))
 
     out = seek_loop(
         model,
@@ -230,10 +248,11 @@ def seek(
         cont_max_tokens=config.max_new_tokens,
         clock=clock,
         prompt_cache=cache,
+        on_event=on_event,
     )
     ids, text = (gen.ids, original_text) if out.ids is None else (out.ids, out.text)
     say_once(f"seek-backend-{out.backend}", f"latentseek_fast: latent steps on the '{out.backend}' backend")
-    return SeekResult(
+    result = SeekResult(
         answer=text,
         answer_ids=list(ids),
         original_answer=original_text,
@@ -247,3 +266,6 @@ def seek(
         backend=out.backend,
         timings=clock.seconds,
     )
+    if on_event is not None:
+        on_event(events.ProblemDone(0, result))
+    return result

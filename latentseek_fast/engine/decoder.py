@@ -1,0 +1,257 @@
+"""The engine's decoder: many rows (token streams) advanced together, one forward per step.
+
+``Decoder`` is the small interface the scheduler talks to; ``HFDecoder`` implements it for a
+Hugging Face causal LM, so another backend (a serving engine, a paged cache) can be added
+without touching the scheduler:
+
+- ``add_row()``: a new, empty row (its own cache positions); ``drop_row(row)`` frees it;
+- ``step({row: tokens})``: feed each listed row any number (>= 1) of tokens in ONE forward and
+  return the post-final-norm latents of every fed position (a draft verifier can feed several
+  tokens per row and keep the prefix it accepts);
+- ``rollback(row, length)``: forget every cached position of ``row`` after the first ``length``,
+  leaving the other rows untouched;
+- ``length(row)``: how many positions ``row`` has cached.
+
+How ``HFDecoder`` keeps the rows apart. Each row owns one slot of a shared KV store
+``[slots, kv_heads, capacity, head_dim]`` per layer and a length ``n_b``. A step feeds a padded
+block of width ``W`` (the longest feed); row ``b``'s token ``i`` gets position ``n_b + i``, its
+keys/values are written at column ``n_b + i`` of its slot, and it attends exactly the columns
+``j <= n_b + i`` of its own slot (an explicit 4-D mask). So a row's valid cache is always the
+prefix ``[0, n_b)`` of its slot: rolling a row back is setting ``n_b`` (stale columns are
+overwritten by the next feed and never attended before that), and other rows never see it.
+Padding positions of a shorter feed, and slots with nothing to feed, compute throw-away values
+at columns beyond their row's length, which are finite (every query attends at least its own
+column) and never attended later. Positions are explicit, so a row's numbers are those of the
+same tokens decoded alone; in exact arithmetic a batched step equals per-row decoding.
+
+Why one shared padded store rather than one ``DynamicCache`` per row: a forward over many
+rows needs their keys in one tensor, and gathering per-row caches into it every token would
+copy the whole KV each step. Why not a ``DynamicCache`` with a batch dimension: it appends the
+same number of columns to every row, so a rollback of one row or a long feed of another
+leaves holes in all rows; here writes are per-row. The cost: every occupied slot takes part in
+each forward (idle rows are masked, not skipped), and a long feed (a prompt) pads the step to
+its width for all rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .. import decode
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class Decoder:
+    """The interface the scheduler uses (see the module docstring)."""
+
+    def add_row(self) -> int:
+        raise NotImplementedError
+
+    def drop_row(self, row: int) -> None:
+        raise NotImplementedError
+
+    def length(self, row: int) -> int:
+        raise NotImplementedError
+
+    def rollback(self, row: int, length: int) -> None:
+        raise NotImplementedError
+
+    def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+
+class _SlotKV:
+    """Per-layer KV store with per-row write offsets; the object the model's attention updates.
+
+    ``update`` is the only method the Llama/Qwen2-style attention layers call (the 4-D mask and
+    explicit positions mean the model never asks the cache for its length).
+    """
+
+    def __init__(self, offsets, width: int, kv_len: int, store: list, slots, every_slot: bool):
+        self.cols = offsets[:, None] + torch.arange(width, device=offsets.device)[None, :]  # [B, W]
+        self.rows = slots[:, None].expand_as(self.cols)
+        self.slots, self.every_slot = slots, every_slot
+        self.kv_len = kv_len
+        self.store = store  # [(K, V)] per layer, each [slots, H, capacity, D]
+        self.n = slots.numel()
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        K, V = self.store[layer_idx]
+        # key [B, H, W, D] -> [B, W, H, D] to match the advanced index (rows, :, cols).
+        K[self.rows, :, self.cols] = key.transpose(1, 2).to(K.dtype)
+        V[self.rows, :, self.cols] = value.transpose(1, 2).to(V.dtype)
+        if self.every_slot:  # slots 0..n-1: views, no copy
+            return K[: self.n, :, : self.kv_len], V[: self.n, :, : self.kv_len]
+        return (
+            K[:, :, : self.kv_len].index_select(0, self.slots),
+            V[:, :, : self.kv_len].index_select(0, self.slots),
+        )
+
+
+class HFDecoder(Decoder):
+    """``Decoder`` over a Hugging Face causal LM's backbone (``model.model``), which must return
+    post-final-norm hidden states (Llama, Qwen2/3, Mistral, Gemma)."""
+
+    def __init__(self, model, *, initial_capacity: int = 256, long_feed: int = 16, split_gain: float = 2.0):
+        decode.lm_head_of(model)  # validates: a causal LM with a backbone
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        if impl not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"model attention implementation {impl!r}: the engine's decoder passes an explicit "
+                f"4-D mask and supports {ATTN_IMPLEMENTATIONS}; load the model with "
+                "attn_implementation='sdpa'"
+            )
+        self.model = model
+        self.backbone = model.model
+        self.kw = decode.cache_keyword(self.backbone)
+        self.eager = impl == "eager"
+        cfg = model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.n_layers = text_cfg.num_hidden_layers
+        self.kv_heads = getattr(text_cfg, "num_key_value_heads", None) or text_cfg.num_attention_heads
+        self.head_dim = (
+            getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+        )
+        kinds = set(getattr(text_cfg, "layer_types", None) or ())
+        if kinds - {"full_attention"}:
+            raise ValueError(
+                f"model layer types {sorted(kinds)}: the engine's decoder masks full causal attention "
+                "only (sliding-window or linear-attention layers would need their own masks)"
+            )
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.capacity = max(1, int(initial_capacity))
+        self.long_feed, self.split_gain = int(long_feed), float(split_gain)
+        self.store: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.lengths: list[int] = []  # per slot
+        self.used: list[bool] = []  # per slot
+        self.forwards = 0  # forwards run (for benchmarks)
+        self.fed_tokens = 0
+
+    # -- rows --------------------------------------------------------------------------------
+    def add_row(self) -> int:
+        for slot, used in enumerate(self.used):
+            if not used:
+                self.used[slot], self.lengths[slot] = True, 0
+                return slot
+        self.used.append(True)
+        self.lengths.append(0)
+        self._grow(len(self.used), self.capacity)
+        return len(self.used) - 1
+
+    def drop_row(self, row: int) -> None:
+        self._check(row)
+        self.used[row], self.lengths[row] = False, 0
+        while self.used and not self.used[-1]:  # trailing free slots leave the forward
+            self.used.pop()
+            self.lengths.pop()
+
+    def length(self, row: int) -> int:
+        self._check(row)
+        return self.lengths[row]
+
+    def rollback(self, row: int, length: int) -> None:
+        self._check(row)
+        if not 0 <= length <= self.lengths[row]:
+            raise ValueError(f"rollback(row={row}, length={length}): row has {self.lengths[row]} positions")
+        self.lengths[row] = length
+
+    def _check(self, row: int) -> None:
+        if not (0 <= row < len(self.used) and self.used[row]):
+            raise ValueError(
+                f"row={row}: no such row (live rows: {[i for i, u in enumerate(self.used) if u]})"
+            )
+
+    def _grow(self, slots: int, capacity: int) -> None:
+        """Make the store hold at least ``slots`` rows of ``capacity`` columns (zeros, so that
+        never-written columns are finite), keeping what is there."""
+        have_slots = self.store[0][0].shape[0] if self.store else 0
+        have_cap = self.store[0][0].shape[2] if self.store else 0
+        if slots <= have_slots and capacity <= have_cap:
+            return
+        new_slots = max(slots, 2 * have_slots, 4)
+        new_cap = max(capacity, have_cap)
+        if capacity > have_cap:
+            new_cap = max(capacity, 2 * have_cap)
+        shape = (new_slots, self.kv_heads, new_cap, self.head_dim)
+        store = []
+        for layer in range(self.n_layers):
+            K = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            V = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if self.store:
+                oK, oV = self.store[layer]
+                K[: oK.shape[0], :, : oK.shape[2]] = oK
+                V[: oV.shape[0], :, : oV.shape[2]] = oV
+            store.append((K, V))
+        self.store = store
+        self.capacity = new_cap
+
+    # -- the forward -------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        """Feed ``feeds[row]`` (>= 1 token ids) to each listed row; return each row's latents
+        ``[len(feeds[row]), d]`` (post-final-norm hidden states).
+
+        Normally one forward over every occupied slot, padded to the longest feed. When some
+        feeds are long (more than ``long_feed`` tokens: a prompt, a verifier prompt, the L
+        re-decoded tokens) and padding every row to them would compute more than twice the
+        positions, the long feeds run as a second forward over their own slots only (their
+        cached columns gathered), so a prompt admitted into a full batch costs its own length,
+        not ``rows x`` its length. (``split_gain``: how many times fewer positions the split
+        must compute; 0 always splits, for tests.)
+        """
+        if not feeds:
+            return {}
+        for row, toks in feeds.items():
+            self._check(row)
+            if len(toks) == 0:
+                raise ValueError(f"step: row {row} was given no tokens")
+        n = len(self.used)
+        width = max(len(t) for t in feeds.values())
+        long = {r: t for r, t in feeds.items() if len(t) > self.long_feed}
+        short = {r: t for r, t in feeds.items() if len(t) <= self.long_feed}
+        if long and short:
+            short_w = max(len(t) for t in short.values())
+            if (n * short_w + len(long) * width) * self.split_gain < n * width:
+                out = self._forward(list(range(n)), short)
+                out.update(self._forward(sorted(long), long))
+                return out
+        return self._forward(list(range(n)), feeds)
+
+    def _forward(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        """One forward over ``slots`` (ascending); slots without a feed compute masked padding."""
+        n = len(slots)
+        every_slot = slots == list(range(len(self.used)))
+        width = max(len(t) for t in feeds.values())
+        lengths = torch.tensor([self.lengths[s] for s in slots], dtype=torch.long, device=self.device)
+        kv_len = int(lengths.max()) + width
+        self._grow(len(self.used), kv_len)
+        ids = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        index = {s: i for i, s in enumerate(slots)}
+        for row, toks in feeds.items():
+            ids[index[row], : len(toks)] = torch.as_tensor(list(toks), dtype=torch.long)
+        positions = lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+        cols = torch.arange(kv_len, device=self.device)
+        allowed = cols[None, None, :] <= positions[:, :, None]  # [n, W, kv_len]
+        if self.eager:
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            mask = mask[:, None]
+        else:
+            mask = allowed[:, None]
+        slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
+        kv = _SlotKV(lengths, width, kv_len, self.store, slot_t, every_slot)
+        out = self.backbone(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
+        )[0]
+        self.forwards += 1
+        result = {}
+        for row, toks in feeds.items():
+            k = len(toks)
+            self.lengths[row] += k
+            self.fed_tokens += k
+            result[row] = out[index[row], :k]
+        return result

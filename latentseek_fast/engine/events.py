@@ -1,0 +1,59 @@
+"""Progress events of ``seek`` and ``seek_many`` (passed to ``on_event(event)`` as they happen).
+
+``index`` is the problem's position in the input (0 for ``seek``). Events of different
+problems interleave under ``seek_many``; a problem's own events come in order:
+``OriginalToken``... ``OriginalDone``, ``IterationDone``..., ``ProblemDone``.
+``tokens_per_s`` counts the tokens a phase produced over the wall seconds attributed to it
+(under ``seek_many`` a shared forward's time is split over the rows it advanced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OriginalToken:
+    """One token of the original (greedy) answer, as soon as it is decoded."""
+
+    index: int
+    token_id: int
+    text: str  # the token decoded alone (special tokens kept)
+
+
+@dataclass(frozen=True)
+class OriginalDone:
+    """The original answer is complete and scored."""
+
+    index: int
+    answer: str
+    length: int  # T, tokens
+    reward: float
+    seconds: float  # decoding time of the answer
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class IterationDone:
+    """A latent step, its continuation and the new answer's reward are done."""
+
+    index: int
+    iteration: int  # 1-based
+    reward: float
+    length: int  # tokens of the new answer
+    seconds: float  # decoding time of the continuation
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class ProblemDone:
+    """The seek of one problem is finished; ``result`` is its ``SeekResult``."""
+
+    index: int
+    result: Any
+
+
+def rate(tokens: int, seconds: float) -> float:
+    """Tokens per second (0.0 for no elapsed time)."""
+    return tokens / seconds if seconds > 0 else 0.0

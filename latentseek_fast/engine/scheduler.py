@@ -1,0 +1,573 @@
+"""``seek_many``/``iter_seek``: many seeks in flight, their decoding batched (continuous batching).
+
+Each problem runs a small state machine, Algorithm 1 exactly as ``loop.seek`` runs it
+(docs/algorithm.md):
+
+    generate original -> score -> [threshold / max_steps test] -> latent step -> continue
+                                     ^------------------- score <-----------------'
+
+The scheduler keeps up to ``batch_size`` problems in flight and repeats one round:
+
+1. admit queued problems into free slots (a finished problem's slot takes the next one);
+2. without running the model: score every answer that is due (all due rewards together; the
+   self-reward's four verifier prompts of every due problem become decoder rows), apply the
+   threshold/max_steps tests, and take the latent step of every problem that is due in one
+   batched call (``latent.FusedBatch``; the ``reference`` backend loops per problem, it is the
+   oracle);
+3. one decoder step over every row that is decoding (original answers, continuations,
+   verifier replies), ragged feeds included: one forward (two when long feeds such as an
+   admitted prompt run apart, see ``HFDecoder.step``); one argmax over all next tokens.
+
+Wall time of a shared operation is split over the problems it served, in proportion to their
+work (tokens fed, latent rows), so a problem's ``timings`` sum with the others' to the wall
+time spent, phase by phase.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from .. import decode
+from ..backends import resolve_backend
+from ..config import SeekConfig
+from ..loop import SeekResult, problem_parts
+from ..rewards import make_reward
+from ..rewards.base import as_reward, check_reward_value
+from ..steppers import make_stepper
+from .decoder import HFDecoder
+from .events import IterationDone, OriginalDone, OriginalToken, ProblemDone, rate
+from .latent import FusedBatch, FusedLatents
+
+PHASES = ("generate", "latent", "decode", "reward")
+
+
+class ProblemError(RuntimeError):
+    """A problem's seek failed (its reward raised, or its settings do not fit its answer).
+
+    ``index`` is the problem's position in the input; the original exception is ``__cause__``
+    and ``error``.
+    """
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(f"problem {index}: {type(error).__name__}: {error}")
+        self.index = index
+        self.error = error
+
+
+def _verifier_stop_ids(tokenizer, model) -> frozenset[int]:
+    """The stop set the batched verifiers use (``greedy_generate_batch``)."""
+    from ..decode_batch import stop_token_ids
+
+    return frozenset(stop_token_ids(tokenizer, model))
+
+
+class _Row:
+    """One decoding stream on a decoder row: feed -> greedy tokens until a stop id or a cap."""
+
+    __slots__ = ("row", "feed", "ids", "lats", "stop", "cap", "keep", "phase", "owner", "kind", "tag", "secs")
+
+    def __init__(self, row, feed, *, stop, cap, keep, phase, owner, kind, tag=None):
+        self.row, self.feed, self.ids, self.lats = row, list(feed), [], []
+        self.stop, self.cap, self.keep, self.phase = stop, cap, keep, phase
+        self.owner, self.kind, self.tag, self.secs = owner, kind, tag, 0.0
+
+
+class _Problem:
+    """One seek's state (see the module docstring)."""
+
+    def __init__(self, index: int, question: str, prompt_ids: list[int], reward, self_reward):
+        self.index, self.question, self.prompt_ids = index, question, prompt_ids
+        self.reward, self.self_reward = reward, self_reward
+        self.clock = dict.fromkeys(PHASES, 0.0)
+        self.state = "generate"  # generate | score | verify | step | decode | done
+        self.solver = None  # decoder row of the solver
+        self.gen_ids: list[int] = []
+        self.gen_latents = None
+        self.original_text = ""
+        self.text_to_score = ""
+        self.history: list[float] = []
+        self.L = 0
+        self.prefix: list[int] = []
+        self.base_len = 0
+        self.stepper = None  # ReferenceStepper or FusedLatents
+        self.steps = 0
+        self.new_tokens: list[int] = []
+        self.ids: list[int] | None = None
+        self.text: str | None = None
+        self.replies: dict[str, str] = {}
+        self.verifier_prompts: dict[str, str] = {}
+        self.decode_secs = 0.0
+        self.decode_tokens = 0
+        self.result: SeekResult | None = None
+        self.stopped = ""
+
+
+class Engine:
+    """Runs the seeks of a list of problems; ``run()`` yields ``(index, SeekResult)`` as each
+    problem finishes."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        problems: Sequence,
+        reward=None,
+        config: SeekConfig | None = None,
+        *,
+        batch_size: int = 8,
+        on_event: Callable | None = None,
+        prompts: Sequence[str] | None = None,
+        dataset: str = "gsm8k",
+        style: str = "boxed",
+        format_rule: bool = False,
+        **overrides,
+    ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
+        if on_event is not None and not callable(on_event):
+            raise ValueError(f"on_event={on_event!r}: expected a callable taking one event, or None")
+        if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):
+            raise ValueError(
+                f"problems={problems!r}: expected a sequence of questions or data.Problem objects"
+            )
+        self.config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
+        self.model, self.tokenizer = model, tokenizer
+        self.head = decode.lm_head_of(model)
+        self.device = self.head.weight.device
+        self.batch_size, self.on_event = batch_size, on_event
+        n = len(problems)
+        if prompts is not None and len(prompts) != n:
+            raise ValueError(f"prompts has {len(prompts)} entries; expected one per problem ({n})")
+        rewards = self._rewards(reward, n)
+        self.parts = []
+        for i, p in enumerate(problems):  # every question is checked before anything runs
+            try:
+                self.parts.append(problem_parts(p, dataset))
+            except ValueError as e:
+                raise ValueError(f"problems[{i}]: {e}") from None
+        self.specs = []
+        for i, (question, gold, ds) in enumerate(self.parts):
+            try:
+                obj = make_reward(
+                    rewards[i], model, tokenizer, gold=gold, dataset=ds, style=style, format_rule=format_rule
+                )
+                fn = as_reward(obj)
+            except Exception as e:
+                raise ProblemError(i, e) from e
+            self.specs.append((question, gold, ds, obj, fn))
+        self.prompts = prompts
+        self.style = style
+        self.backend = resolve_backend(
+            self.config.backend, self.device, latent_dtype=self.config.latent_dtype
+        )
+        self.stop = decode.stop_ids(tokenizer)
+        self.decoder = HFDecoder(model)
+        self.fused = (
+            None
+            if self.backend == "reference"
+            else FusedBatch(self.head, self.config, self.backend, decode.softcap_of(model))
+        )
+        self._verifier_stop = None
+        self.rows: list[_Row] = []
+
+    @staticmethod
+    def _rewards(reward, n: int) -> list:
+        if isinstance(reward, (list, tuple)):
+            if len(reward) != n:
+                raise ValueError(
+                    f"reward is a sequence of {len(reward)} rewards; expected one per problem ({n})"
+                )
+            return list(reward)
+        return [reward] * n
+
+    # -- events and time ---------------------------------------------------------------------
+    def _emit(self, event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    @staticmethod
+    def _share(items: list[tuple[_Problem, str, float]], since: float) -> None:
+        """Split the wall time since ``since`` over ``(problem, phase, weight)`` by weight."""
+        spent = time.perf_counter() - since
+        total = sum(w for _, _, w in items)
+        for p, phase, w in items:
+            p.clock[phase] += spent * (w / total if total else 1.0 / len(items))
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> Iterator[tuple[int, SeekResult]]:
+        queue = deque(range(len(self.parts)))
+        live: list[_Problem] = []
+        while queue or live:
+            while queue and len(live) < self.batch_size:
+                live.append(self._admit(queue.popleft()))
+            failure = None
+            try:
+                self._settle(live)
+            except ProblemError as e:
+                failure = e
+            for p in [p for p in live if p.state == "done"]:
+                live.remove(p)
+                self.decoder.drop_row(p.solver)
+                self._emit(ProblemDone(p.index, p.result))
+                yield p.index, p.result
+            if failure is not None:
+                raise failure
+            if any(p.state == "done" for p in live):
+                continue
+            if queue and len(live) < self.batch_size:
+                continue  # admit before the next forward
+            if live:
+                self._decode_step()
+
+    def _admit(self, index: int) -> _Problem:
+        question, gold, ds, obj, fn = self.specs[index]
+        if self.prompts is not None:
+            prompt = self.prompts[index]
+        else:
+            from ..prompts import build_prompt
+
+            prompt = build_prompt(self.tokenizer, question, dataset=ds, style=self.style)
+        t0 = time.perf_counter()
+        prompt_ids = self.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+        self_reward = None
+        from ..rewards.self_reward import SelfReward
+
+        if (
+            isinstance(obj, SelfReward)
+            and obj.model is self.model
+            and type(obj).compute is SelfReward.compute
+            and type(obj).verifier_prompts is SelfReward.verifier_prompts
+        ):
+            self_reward = obj
+        p = _Problem(index, question, prompt_ids, fn, self_reward)
+        p.solver = self.decoder.add_row()
+        self.rows.append(
+            _Row(
+                p.solver,
+                prompt_ids,
+                stop=self.stop,
+                cap=self.config.max_new_tokens,
+                keep=True,
+                phase="generate",
+                owner=p,
+                kind="original",
+            )
+        )
+        p.clock["generate"] += time.perf_counter() - t0
+        return p
+
+    # -- everything between forwards ---------------------------------------------------------
+    def _settle(self, live: list[_Problem]) -> None:
+        """Score what is due, run the threshold tests and the due latent steps, start the
+        continuations; repeat until only decoding is left."""
+        while True:
+            due = [p for p in live if p.state == "score"]
+            if due:
+                self._score(due)
+                continue
+            due = [p for p in live if p.state == "step"]
+            if due:
+                self._latent_round(due)
+                continue
+            return
+
+    def _score(self, due: list[_Problem]) -> None:
+        for p in due:
+            if p.self_reward is not None:
+                self._start_verifiers(p)
+                continue
+            t0 = time.perf_counter()
+            try:
+                r = p.reward(p.question, p.text_to_score)
+            except Exception as e:
+                raise ProblemError(p.index, e) from e
+            p.clock["reward"] += time.perf_counter() - t0
+            self._scored(p, r)
+
+    def _start_verifiers(self, p: _Problem) -> None:
+        t0 = time.perf_counter()
+        sr = p.self_reward
+        try:
+            p.verifier_prompts = sr.verifier_prompts(p.question, p.text_to_score)
+        except Exception as e:
+            raise ProblemError(p.index, e) from e
+        if self._verifier_stop is None:
+            self._verifier_stop = _verifier_stop_ids(self.tokenizer, self.model)
+        p.replies = {}
+        for name, text in p.verifier_prompts.items():
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ProblemError(p.index, ValueError(f"verifier prompt {name!r} encodes to no tokens"))
+            self.rows.append(
+                _Row(
+                    self.decoder.add_row(),
+                    ids,
+                    stop=self._verifier_stop,
+                    cap=sr.max_new_tokens,
+                    keep=False,
+                    phase="reward",
+                    owner=p,
+                    kind="verifier",
+                    tag=name,
+                )
+            )
+        p.state = "verify"
+        p.clock["reward"] += time.perf_counter() - t0
+
+    def _verifier_done(self, p: _Problem, row: _Row) -> None:
+        from ..rewards.self_reward import parse_verdict
+
+        t0 = time.perf_counter()
+        self.decoder.drop_row(row.row)
+        p.replies[row.tag] = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        if len(p.replies) == len(p.verifier_prompts):
+            sr = p.self_reward
+            replies = {name: p.replies[name] for name in p.verifier_prompts}
+            try:
+                verdicts = {name: parse_verdict(reply) for name, reply in replies.items()}
+                r = check_reward_value(sr.score_verdicts(verdicts, p.text_to_score), sr)
+            except Exception as e:
+                raise ProblemError(p.index, e) from e
+            sr.last_prompts, sr.last_replies, sr.last_verdicts = dict(p.verifier_prompts), replies, verdicts
+            p.clock["reward"] += time.perf_counter() - t0
+            self._scored(p, r)
+        else:
+            p.clock["reward"] += time.perf_counter() - t0
+
+    def _scored(self, p: _Problem, r: float) -> None:
+        p.history.append(r)
+        if len(p.history) == 1:
+            T = len(p.gen_ids)
+            secs = p.clock["generate"]
+            self._emit(OriginalDone(p.index, p.original_text, T, r, secs, rate(T, secs)))
+            p.L = self.config.update_length(T)
+            if p.L <= 0:
+                self._finish(p, "no_update")
+                return
+            start = self.config.start_index
+            if start >= T:
+                raise ProblemError(
+                    p.index, ValueError(f"start_index={start}: must be below the answer length T={T}")
+                )
+            p.prefix = list(p.gen_ids[:start])
+            p.base_len = len(p.prompt_ids) + start
+            rows = p.gen_latents[start : start + p.L]
+            t0 = time.perf_counter()
+            if self.fused is None:
+                p.stepper = make_stepper(self.model, rows, self.config, self.backend)
+            else:
+                p.stepper = FusedLatents(rows, self.fused.weight)
+            p.clock["latent"] += time.perf_counter() - t0
+        else:
+            n = len(p.history) - 1
+            secs = p.decode_secs
+            self._emit(IterationDone(p.index, n, r, len(p.ids), secs, rate(p.decode_tokens, secs)))
+        p.state = "step"
+
+    def _latent_round(self, due: list[_Problem]) -> None:
+        cfg = self.config
+        stepping = []
+        for p in due:
+            if p.steps >= cfg.max_steps:
+                self._finish(p, "max_steps")
+            elif p.history[-1] > cfg.reward_threshold:
+                self._finish(p, "threshold")
+            else:
+                stepping.append(p)
+        if not stepping:
+            return
+        need_next = [p.steps + 1 < cfg.max_steps for p in stepping]
+        rewards = [p.history[-1] for p in stepping]
+        if self.fused is None:
+            tokens = []
+            for p, r, nxt in zip(stepping, rewards, need_next):
+                t0 = time.perf_counter()
+                tokens.append(p.stepper.step(r, need_next=nxt))
+                p.clock["latent"] += time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            fresh = [p.stepper for p in stepping if p.stepper.grad is None]
+            self.fused.init(fresh)
+            tokens = self.fused.step([p.stepper for p in stepping], rewards, need_next)
+            self._share([(p, "latent", p.L) for p in stepping], t0)
+        for p, toks in zip(stepping, tokens):
+            p.steps += 1
+            p.new_tokens = list(toks)
+            t0 = time.perf_counter()
+            self.decoder.rollback(p.solver, p.base_len)
+            p.decode_secs, p.decode_tokens = 0.0, 0
+            self.rows.append(
+                _Row(
+                    p.solver,
+                    p.new_tokens,
+                    stop=self.stop,
+                    cap=cfg.max_new_tokens,
+                    keep=False,
+                    phase="decode",
+                    owner=p,
+                    kind="continue",
+                )
+            )
+            p.state = "decode"
+            p.clock["decode"] += time.perf_counter() - t0
+
+    def _finish(self, p: _Problem, stopped: str) -> None:
+        ids, text = (p.ids, p.text) if p.ids is not None else (p.gen_ids, p.original_text)
+        p.result = SeekResult(
+            answer=text,
+            answer_ids=list(ids),
+            original_answer=p.original_text,
+            original_ids=list(p.gen_ids),
+            rewards=list(p.history),
+            original_length=len(p.gen_ids),
+            update_length=p.L,
+            final_length=len(ids),
+            iterations=len(p.history) - 1,
+            stopped=stopped,
+            backend=self.backend,
+            timings=dict(p.clock),
+        )
+        p.state = "done"
+
+    # -- one forward -------------------------------------------------------------------------
+    def _decode_step(self) -> None:
+        rows = [r for r in self.rows if r.feed]
+        if not rows:
+            raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
+        t0 = time.perf_counter()
+        hidden = self.decoder.step({r.row: r.feed for r in rows})
+        last = torch.stack([hidden[r.row][-1] for r in rows])
+        next_ids = torch.argmax(self.head(last), dim=-1).tolist()
+        spent = time.perf_counter() - t0
+        total = sum(len(r.feed) for r in rows)
+        finished = []
+        for i, (r, tok) in enumerate(zip(rows, next_ids)):
+            share = spent * len(r.feed) / total
+            r.owner.clock[r.phase] += share
+            r.secs += share
+            if r.keep:
+                r.lats.append(last[i])
+            r.ids.append(tok)
+            if r.kind == "original" and self.on_event is not None:
+                self._emit(OriginalToken(r.owner.index, tok, self.tokenizer.decode([tok])))
+            if tok in r.stop or len(r.ids) >= r.cap:
+                r.feed = []
+                finished.append(r)
+            else:
+                r.feed = [tok]
+        if finished:
+            done = set(map(id, finished))
+            self.rows = [r for r in self.rows if id(r) not in done]
+            for r in finished:
+                self._row_done(r)
+
+    def _row_done(self, r: _Row) -> None:
+        p = r.owner
+        t0 = time.perf_counter()
+        if r.kind == "original":
+            p.gen_ids = r.ids
+            width = self.head.weight.shape[1]
+            p.gen_latents = torch.stack(r.lats) if r.lats else torch.empty(0, width, device=self.device)
+            p.original_text = self.tokenizer.decode(r.ids)
+            p.text_to_score = p.original_text
+            p.clock["generate"] += time.perf_counter() - t0
+            p.state = "score"
+        elif r.kind == "continue":
+            p.ids = p.prefix + p.new_tokens + r.ids
+            p.text = self.tokenizer.decode(p.ids)
+            p.text_to_score = p.text
+            spent = time.perf_counter() - t0
+            p.clock["decode"] += spent
+            p.decode_secs = r.secs + spent
+            p.decode_tokens = len(p.new_tokens) + len(r.ids)
+            p.state = "score"
+        else:
+            self._verifier_done(p, r)
+
+
+def iter_seek(
+    model,
+    tokenizer,
+    problems: Sequence,
+    reward=None,
+    config: SeekConfig | None = None,
+    *,
+    batch_size: int = 8,
+    on_event: Callable | None = None,
+    prompts: Sequence[str] | None = None,
+    dataset: str = "gsm8k",
+    style: str = "boxed",
+    format_rule: bool = False,
+    **overrides,
+) -> Iterator[tuple[int, SeekResult]]:
+    """Seek every problem, up to ``batch_size`` at once; yield ``(index, SeekResult)`` as each
+    finishes (see ``seek_many``). Every argument is checked before the first forward."""
+    engine = Engine(
+        model,
+        tokenizer,
+        problems,
+        reward,
+        config,
+        batch_size=batch_size,
+        on_event=on_event,
+        prompts=prompts,
+        dataset=dataset,
+        style=style,
+        format_rule=format_rule,
+        **overrides,
+    )
+    return engine.run()
+
+
+def seek_many(
+    model,
+    tokenizer,
+    problems: Sequence,
+    reward=None,
+    config: SeekConfig | None = None,
+    *,
+    batch_size: int = 8,
+    on_event: Callable | None = None,
+    prompts: Sequence[str] | None = None,
+    dataset: str = "gsm8k",
+    style: str = "boxed",
+    format_rule: bool = False,
+    **overrides,
+) -> list[SeekResult]:
+    """``seek`` for every problem, with up to ``batch_size`` seeks in flight; results in input order.
+
+    - ``problems``: question strings or ``data.Problem`` objects.
+    - ``reward``: anything ``seek`` takes (an object with ``get_reward``, a callable
+      ``(question, answer) -> float``, ``"psrm"``, ``"self"``, None), applied to every problem,
+      or a list/tuple with one per problem. None: each problem's own PSRM where its gold answer
+      is known, else self-reward.
+    - ``style``/``format_rule``: as for ``seek`` (the solver prompt style; the self-reward format rule).
+    - ``prompts``: optional already templated prompts, one per problem (``seek``'s ``prompt``).
+    - ``on_event``: called with the events of ``engine.events`` as they happen.
+    - ``config``/``overrides``: as for ``seek``; one config for all problems.
+
+    Each result is the ``SeekResult`` that ``seek`` would return for that problem (``timings``
+    hold the wall time attributed to it). A failing problem raises ``ProblemError`` naming its
+    index (the original exception is its cause).
+    """
+    results: list[SeekResult | None] = [None] * len(problems)
+    for index, res in iter_seek(
+        model,
+        tokenizer,
+        problems,
+        reward,
+        config,
+        batch_size=batch_size,
+        on_event=on_event,
+        prompts=prompts,
+        dataset=dataset,
+        style=style,
+        format_rule=format_rule,
+        **overrides,
+    ):
+        results[index] = res
+    return results
