@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ._util import TEMPERATURE_MIN
+
 BACKENDS = ("auto", "reference", "torch", "triton")
 MODES = ("greedy", "sample")
 LATENT_DTYPES = ("fp32", "model")
@@ -63,8 +65,11 @@ class SeekConfig:
             bad("lr", "expected > 0")
         if not 0 <= self.rho <= 1:
             bad("rho", "expected 0 <= rho <= 1")
-        if self.temperature <= 0:
-            bad("temperature", "expected > 0")
+        if not self.temperature >= TEMPERATURE_MIN:
+            bad(
+                "temperature",
+                f"expected >= {TEMPERATURE_MIN:g} (logits and gradient scale as 1/temperature in fp32)",
+            )
         for name, lo in (
             ("max_steps", 0),
             ("max_new_tokens", 1),
