@@ -228,18 +228,21 @@ def cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from .data import load_problems
-    from .loop import seek
     from .results import ResultsWriter, format_summary, summarize
 
     problems = load_problems(args.data, dataset=args.dataset)
     if args.start < 0 or (args.limit is not None and args.limit < 0):
         raise CLIError(f"--start {args.start} / --limit {args.limit}: expected >= 0")
     stop = len(problems) if args.limit is None else min(len(problems), args.start + args.limit)
-    _preflight(args)
     _check_out_dir(args.out)
-    # The writer locks --out before the model loads: a second eval on it fails at once.
+    # The writer locks and checks --out first (before torch is even imported): a second eval on
+    # the same file, or a file that is not a results file, fails at once. A new file is removed
+    # again when anything below fails before its first row.
     with ResultsWriter(args.out, resume=args.resume) as out:
         _check_rows_match(out.rows, problems, args.out)
+        _preflight(args)
+        from .loop import seek
+
         todo = [i for i in range(args.start, stop) if i not in out.done]
         config = _config(args)
         model, tok = _load(args) if todo else (None, None)
