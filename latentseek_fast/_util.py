@@ -30,3 +30,34 @@ def check_finite_float(name: str, value, *, allow_none: bool = False) -> float |
     if not math.isfinite(out):
         raise ValueError(f"{name}={value!r}: expected a finite real number")
     return out
+
+
+# Numeric ranges accepted by the ops, SeekConfig and the seek loop, chosen so fp32 cannot
+# overflow. Per latent element |d log pi / dh| <= 2 max|W| / T (sum_v |pi_v - [v == tok]| <= 2),
+# so a gradient reward * direction is at most 2 |r| max|W| / T, and Adam squares it: fp32
+# overflows above sqrt(FLT_MAX) ~ 1.8e19. With |r| <= REWARD_MAX and T >= TEMPERATURE_MIN the
+# bound is 2e10 max|W|, finite for any head with max|W| < 9e8 (LM heads have max|W| below ~10),
+# and the scaled logits l / T stay finite for |l| < 3.4e34. Rewards in use are O(1) (PSRM: -1/0,
+# self-reward: -2..0) and sampling temperatures O(0.1..2), so the limits leave wide margins.
+REWARD_MAX = 1e6
+TEMPERATURE_MIN = 1e-4
+
+
+def check_reward_range(name: str, value: float) -> float:
+    """``value`` if ``|value| <= REWARD_MAX``, else a ValueError naming ``name`` and the range."""
+    if not abs(value) <= REWARD_MAX:
+        raise ValueError(
+            f"{name}={value!r}: expected |{name}| <= {REWARD_MAX:g} (larger rewards can overflow the "
+            "fp32 gradient reward * direction and Adam's squared moment)"
+        )
+    return value
+
+
+def check_temperature(name: str, value: float) -> float:
+    """``value`` if ``value >= TEMPERATURE_MIN``, else a ValueError naming ``name`` and the range."""
+    if not value >= TEMPERATURE_MIN:
+        raise ValueError(
+            f"{name}={value!r}: expected a finite number >= {TEMPERATURE_MIN:g} (the logits and the "
+            "gradient are scaled by 1/temperature; below that they can overflow fp32)"
+        )
+    return value

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -60,6 +61,63 @@ def _config(args) -> SeekConfig:
     )
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _check_model(name: str | None) -> None:
+    """What can be known about ``--model`` without loading it: paths must exist and be models."""
+    from .models import EMBEDDED_NAME, embedded_gguf_path
+
+    if name is None or name == EMBEDDED_NAME:
+        embedded_gguf_path()  # a clear RuntimeError when the package is missing
+    elif name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise CLIError(f"--model {name}: no such GGUF file")
+    elif os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise CLIError(f"--model {name}: the directory has no config.json (not a Hugging Face model)")
+    elif os.path.exists(name):
+        raise CLIError(f"--model {name}: a file; expected a .gguf file or a Hugging Face model directory")
+    elif name.startswith(("/", ".", "~")) or os.sep in name.strip(os.sep) and not _HUB_NAME.fullmatch(name):
+        raise CLIError(f"--model {name}: no such directory")
+    # Otherwise a Hub name ("org/model"): only loading can tell (see _load).
+
+
+def _preflight(args) -> None:
+    """Check --threads, --dtype, --device and --model before anything slow (exit 2, one line)."""
+    import torch
+
+    from .models import parse_dtype
+
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads {args.threads}: expected an integer >= 1")
+    parse_dtype(args.dtype)
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise CLIError(f"--device {args.device}: expected cpu, cuda or cuda:N")
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise CLIError(
+                    f"--device {args.device}: CUDA is not available (torch {torch.__version__}, "
+                    f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu"
+                )
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise CLIError(
+                    f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                )
+    _check_model(args.model)
+
+
+def _check_out_dir(out: str) -> None:
+    d = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(d):
+        raise CLIError(f"--out {out}: the directory {d} does not exist")
+
+
 def _load(args):
     import torch
 
@@ -68,7 +126,11 @@ def _load(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(args.model, dtype=args.dtype, device=device)
+    try:
+        return load_model(args.model, dtype=args.dtype, device=device)
+    except OSError as exc:  # e.g. a Hub name that is not reachable or not a model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"--model {args.model}: cannot load it ({first})") from None
 
 
 def _reward(args, model, tokenizer, problem):
@@ -108,6 +170,7 @@ def cmd_run(args) -> int:
         if not 0 <= args.demo < len(demos):
             raise CLIError(f"--demo {args.demo}: allowed 0..{len(demos) - 1}")
         problem = demos[args.demo]
+    _preflight(args)
     config = _config(args)
     model, tok = _load(args)
     reward = _reward(args, model, tok, problem)
@@ -146,81 +209,39 @@ def cmd_run(args) -> int:
     return 0
 
 
-def read_rows(path: str) -> list[dict]:
-    """The complete rows of a results file; a torn last line (a killed write) is dropped."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
-def _rewrite(path: str, rows: list[dict]) -> None:
-    """Atomically replace ``path`` with exactly ``rows`` (drops a torn tail before appending)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def summarize(rows: list[dict]) -> dict:
-    n = len(rows)
-    if n == 0:
-        return {"problems": 0}
-    mean = lambda k: sum(r[k] for r in rows) / n
-    return {
-        "problems": n,
-        "original_accuracy": mean("original_correct"),
-        "optimized_accuracy": mean("correct"),
-        "mean_iterations": mean("iterations"),
-        "mean_original_length": mean("original_length"),
-        "mean_optimized_length": mean("final_length"),
-    }
-
-
-def format_summary(s: dict) -> str:
-    if s["problems"] == 0:
-        return "no problems evaluated"
-    return (
-        "| problems | original acc | optimised acc | mean iterations | mean original len "
-        "| mean optimised len |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| {s['problems']} | {100 * s['original_accuracy']:.1f} | {100 * s['optimized_accuracy']:.1f} | "
-        f"{s['mean_iterations']:.2f} | {s['mean_original_length']:.1f} | {s['mean_optimized_length']:.1f} |"
-    )
+def _check_rows_match(rows: list[dict], problems, out: str) -> None:
+    """Rows of ``out`` must come from this data file: the id at each index must match."""
+    for r in rows:
+        i = r["index"]
+        if i < len(problems) and r["id"] != problems[i].id:
+            raise CLIError(
+                f"{out}: the row for problem {i} has id {r['id']!r} but --data has {problems[i].id!r} "
+                "there; it was written from another data file (choose another --out)"
+            )
 
 
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from .data import load_problems
-    from .loop import seek
+    from .results import ResultsWriter, format_summary, summarize
 
     problems = load_problems(args.data, dataset=args.dataset)
     if args.start < 0 or (args.limit is not None and args.limit < 0):
         raise CLIError(f"--start {args.start} / --limit {args.limit}: expected >= 0")
     stop = len(problems) if args.limit is None else min(len(problems), args.start + args.limit)
-    todo = list(range(args.start, stop))
-    if os.path.exists(args.out) and not args.resume:
-        raise CLIError(f"{args.out} exists: pass --resume to continue it, or choose another --out")
-    rows = read_rows(args.out) if args.resume else []
-    if args.resume:
-        _rewrite(args.out, rows)
-    done = {r["index"] for r in rows}
-    todo = [i for i in todo if i not in done]
-    config = _config(args)
-    model, tok = _load(args) if todo else (None, None)
-    with open(args.out, "a", encoding="utf-8") as f:
+    _check_out_dir(args.out)
+    # The writer locks and checks --out first (before torch is even imported): a second eval on
+    # the same file, or a file that is not a results file, fails at once. A new file is removed
+    # again when anything below fails before its first row.
+    with ResultsWriter(args.out, resume=args.resume) as out:
+        _check_rows_match(out.rows, problems, args.out)
+        _preflight(args)
+        from .loop import seek
+
+        todo = [i for i in range(args.start, stop) if i not in out.done]
+        config = _config(args)
+        model, tok = _load(args) if todo else (None, None)
         for i in tqdm(todo, desc="latentseek", unit="problem"):
             p = problems[i]
             reward = _reward(args, model, tok, p)
@@ -228,33 +249,31 @@ def cmd_eval(args) -> int:
             res = seek(model, tok, p, reward, config, dataset=p.dataset, style=args.prompt)
             orig_pred, orig_ok = _judge(p, res.original_answer, args.prompt)
             pred, ok = _judge(p, res.answer, args.prompt)
-            row = {
-                "index": i,
-                "id": p.id,
-                "question": p.question,
-                "gold": p.gold,
-                "original_answer": res.original_answer,
-                "answer": res.answer,
-                "original_pred": orig_pred,
-                "pred": pred,
-                "original_correct": orig_ok,
-                "correct": ok,
-                "rewards": res.rewards,
-                "iterations": res.iterations,
-                "stopped": res.stopped,
-                "original_length": res.original_length,
-                "final_length": res.final_length,
-                "update_length": res.update_length,
-                "backend": res.backend,
-                "timings": res.timings,
-                "seconds": time.perf_counter() - t0,
-            }
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            rows.append(row)
-    selected = set(range(args.start, stop))
-    summary = summarize([r for r in rows if r["index"] in selected])
+            out.append(
+                {
+                    "index": i,
+                    "id": p.id,
+                    "question": p.question,
+                    "gold": p.gold,
+                    "original_answer": res.original_answer,
+                    "answer": res.answer,
+                    "original_pred": orig_pred,
+                    "pred": pred,
+                    "original_correct": orig_ok,
+                    "correct": ok,
+                    "rewards": res.rewards,
+                    "iterations": res.iterations,
+                    "stopped": res.stopped,
+                    "original_length": res.original_length,
+                    "final_length": res.final_length,
+                    "update_length": res.update_length,
+                    "backend": res.backend,
+                    "timings": res.timings,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+        rows = out.rows
+    summary = summarize(rows, range(args.start, stop))
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary))

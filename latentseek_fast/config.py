@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ._util import TEMPERATURE_MIN
 from .backends import BACKENDS, MODES
 
 LATENT_DTYPES = ("fp32", "model")
@@ -75,8 +76,11 @@ class SeekConfig:
             bad("lr", "expected > 0")
         if not 0 <= self.rho <= 1:
             bad("rho", "expected 0 <= rho <= 1")
-        if self.temperature <= 0:
-            bad("temperature", "expected > 0")
+        if not self.temperature >= TEMPERATURE_MIN:
+            bad(
+                "temperature",
+                f"expected >= {TEMPERATURE_MIN:g} (logits and gradient scale as 1/temperature in fp32)",
+            )
         for name, lo in (
             ("max_steps", 0),
             ("max_new_tokens", 1),

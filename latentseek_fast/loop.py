@@ -7,13 +7,14 @@ backends in ``steppers.py``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from . import decode
-from ._util import say_once
+from ._util import REWARD_MAX, say_once
 from .backends import resolve_backend
 from .config import SeekConfig
 from .rewards import bind_question, make_reward
@@ -84,6 +85,35 @@ class LoopOutcome:
     backend: str
 
 
+def _checked_step(stepper, reward: float, step: int, label: str, need_next: bool) -> list[int]:
+    """``stepper.step`` with the seek's numeric guard: a non-finite or out-of-range reward, and
+    NaN/inf latents or gradient after the update, stop the seek with an error naming the step
+    and the problem. Cost per step: one ``isfinite`` pass over the L*d latents and gradient and
+    one device sync, next to the step's own pass over the V*d LM head."""
+    where = f"seek step {step + 1} of {label}"
+    if not (math.isfinite(reward) and abs(reward) <= REWARD_MAX):
+        raise ValueError(
+            f"{where}: reward={reward!r}: expected a finite number with |reward| <= {REWARD_MAX:g} "
+            "(larger rewards overflow the fp32 gradient)"
+        )
+    try:
+        tokens = stepper.step(reward, need_next=need_next)
+    except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on latents that became inf
+        if type(exc) not in (ValueError, RuntimeError):
+            raise  # subclasses (out of memory, ...) keep their type
+        raise type(exc)(f"{where}: {exc}") from exc
+    latents, grad = stepper.state()
+    finite = [torch.isfinite(latents).all()] + ([] if grad is None else [torch.isfinite(grad).all()])
+    ok = torch.stack(finite).tolist()
+    if not all(ok):
+        what = "latents" if not ok[0] else "gradient"
+        raise RuntimeError(
+            f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); "
+            "lower lr or check the model's hidden states"
+        )
+    return tokens
+
+
 def seek_loop(
     model,
     tokenizer,
@@ -99,6 +129,7 @@ def seek_loop(
     clock: PhaseClock,
     prompt_cache=None,
     on_event=None,
+    label: str = "the problem",
 ) -> LoopOutcome:
     """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
@@ -137,7 +168,7 @@ def seek_loop(
             stopped = "threshold"
             break
         t0 = time.perf_counter()
-        new_tokens = stepper.step(reward_now, need_next=step + 1 < config.max_steps)
+        new_tokens = _checked_step(stepper, reward_now, step, label, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
         t0 = t_dec = time.perf_counter()
@@ -249,6 +280,7 @@ def seek(
         clock=clock,
         prompt_cache=cache,
         on_event=on_event,
+        label=f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}",
     )
     ids, text = (gen.ids, original_text) if out.ids is None else (out.ids, out.text)
     say_once(f"seek-backend-{out.backend}", f"latentseek_fast: latent steps on the '{out.backend}' backend")

@@ -87,6 +87,10 @@ class ReferenceStepper:
             z = self.param if self.exact else self.param.to(self.head.weight.dtype)
             return torch.argmax(self.head(z), dim=-1).tolist()
 
+    def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(latents, last gradient)``, for the seek loop's per-step finiteness check."""
+        return self.param.detach(), self.param.grad
+
 
 class FusedStepper:
     """``latent_policy_grad`` + ``latent_adam_`` (see the module docstring)."""
@@ -136,3 +140,7 @@ class FusedStepper:
         # One pass at the updated latents: the re-decoded tokens now, the next direction for later.
         self.pending = self._evaluate(need_grad=need_next)
         return self.pending.argmax.tolist()
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(latents, next gradient direction or None)``, for the seek loop's finiteness check."""
+        return self.latents, self.pending.grad

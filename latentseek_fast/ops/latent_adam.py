@@ -37,7 +37,7 @@ import operator
 import torch
 
 from latentseek_fast import _ext
-from latentseek_fast._util import check_finite_float, say_once
+from latentseek_fast._util import REWARD_MAX, check_finite_float, check_reward_range, say_once
 
 __all__ = ["latent_adam_"]
 
@@ -56,6 +56,26 @@ def _check_tensor(name: str, t, *, shape, device, dtypes) -> None:
         raise ValueError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}; expected the latents' device {device}")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(storage address, first byte, end byte)`` that ``t``'s elements can touch; None if empty."""
+    if t.numel() == 0:
+        return None
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    size = t.element_size()
+    return t.untyped_storage().data_ptr(), t.storage_offset() * size, (last + 1) * size
+
+
+def _internal_overlap(t: torch.Tensor) -> bool:
+    """True when two elements of ``t`` may share memory (conservative: any stride pattern that
+    cannot be proven disjoint, e.g. a zero stride, counts)."""
+    reach = 1  # offsets covered by the dimensions seen so far, in elements
+    for st, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if st < reach:
+            return True
+        reach += st * (n - 1)
+    return False
 
 
 def _validate(
@@ -86,11 +106,24 @@ def _validate(
     mutated = {"latents": latents, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     if master is not None:
         mutated["master"] = master
-    seen: dict[int, str] = {}
     for name, t in mutated.items():
-        if t.numel() and t.data_ptr() in seen:
-            raise ValueError(f"{name} shares memory with {seen[t.data_ptr()]}; they must be distinct tensors")
-        seen[t.data_ptr()] = name
+        if _internal_overlap(t):
+            raise ValueError(
+                f"{name} has strides {t.stride()} for shape {tuple(t.shape)}: its elements overlap "
+                "in memory (e.g. an expand()ed view); an in-place update needs distinct elements"
+            )
+    operands = [*mutated.items(), ("direction", direction)]
+    if isinstance(reward, torch.Tensor):
+        operands.append(("reward", reward))
+    spans = [(name, _byte_span(t)) for name, t in operands]
+    for i, (name, a) in enumerate(spans):
+        for other, b in spans[:i]:
+            if a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]:
+                raise ValueError(
+                    f"{name} shares memory with {other} (bytes [{a[1]}, {a[2]}) and [{b[1]}, {b[2]}) "
+                    "of one storage overlap); the tensors updated in place must not overlap each "
+                    "other or direction/reward"
+                )
 
     if isinstance(reward, torch.Tensor):
         if not reward.is_floating_point():
@@ -104,9 +137,17 @@ def _validate(
                 f"reward has shape {tuple(reward.shape)}; expected a float or a [{shape[0]}] "
                 "tensor (one reward per latent row)"
             )
+        bad = ~torch.isfinite(reward) | (reward.abs() > REWARD_MAX)
+        if reward.numel() and bool(bad.any()):  # one device sync on N values
+            i = int(bad.reshape(-1).nonzero()[0, 0])
+            value = float(reward.reshape(-1)[i])
+            raise ValueError(
+                f"reward={value!r} at row {i}: expected finite values with |reward| <= {REWARD_MAX:g} "
+                "(larger ones can overflow the fp32 gradient reward * direction)"
+            )
         reward = reward.to(torch.float32).contiguous()
     else:
-        reward = check_finite_float("reward", reward)
+        reward = check_reward_range("reward", check_finite_float("reward", reward))
 
     if isinstance(step, bool):
         raise ValueError(f"step={step!r}: expected an int >= 1 (the 1-based update count)")
@@ -223,8 +264,13 @@ def latent_adam_(
         ``latents`` (the same tensor object).
 
     Non-contiguous mutated tensors are updated through a contiguous copy that is copied back.
-    Tensor values are not checked for NaN/inf (that would need a device sync); non-finite
-    gradients propagate as in ``torch.optim.Adam``.
+    The mutated tensors must not overlap each other, ``direction`` or ``reward`` in memory (any
+    shared byte range of one storage is rejected, not only equal start pointers). ``reward``
+    must be finite with ``|reward| <= 1e6`` (``_util.REWARD_MAX``: beyond it ``reward *
+    direction`` can overflow fp32); a tensor reward costs one device sync for that check. The
+    values of ``direction``, the moments and the latents are not checked (that would read all
+    of them again): NaN/inf there propagate as in ``torch.optim.Adam``; the seek loop checks
+    the latents and the direction once per step.
     """
     reward, step, lr, beta1, beta2, eps, max_norm = _validate(
         latents,

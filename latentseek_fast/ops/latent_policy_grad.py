@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import logging
 import numbers
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from latentseek_fast._util import check_finite_float
+from latentseek_fast._util import (
+    REWARD_MAX,
+    check_finite_float,
+    check_reward_range,
+    check_temperature,
+)
 from latentseek_fast.backends import MODES, check_backend, resolve_backend
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -55,6 +61,62 @@ class LatentGradInputs:
     seed: int = 0
     tokens: Tensor | None = None  # [N] integer ids to score instead of choosing
     need_grad: bool = True
+
+
+# Weights found finite: id -> (weak reference, torch version counter at the check). An LM head
+# is reused by every step of a seek; reading all of its V*d values costs as much as the op's
+# own pass over W, so a weight is checked again only when it is a new tensor object or torch's
+# version counter shows an in-place change (writes through ``.data`` bypass that counter).
+_FINITE_WEIGHTS: dict[int, tuple[weakref.ref, int]] = {}
+_FINITE_WEIGHTS_MAX = 64
+
+
+def _weight_known_finite(weight: Tensor) -> bool:
+    hit = _FINITE_WEIGHTS.get(id(weight))
+    try:
+        version = weight._version
+    except RuntimeError:  # inference tensors have no version counter: check every call
+        return False
+    return hit is not None and hit[0]() is weight and hit[1] == version
+
+
+def _remember_finite_weight(weight: Tensor) -> None:
+    try:
+        version = weight._version
+    except RuntimeError:
+        return
+    if len(_FINITE_WEIGHTS) >= _FINITE_WEIGHTS_MAX:
+        for key in [k for k, (ref, _) in _FINITE_WEIGHTS.items() if ref() is None]:
+            del _FINITE_WEIGHTS[key]
+        if len(_FINITE_WEIGHTS) >= _FINITE_WEIGHTS_MAX:
+            _FINITE_WEIGHTS.clear()
+    _FINITE_WEIGHTS[id(weight)] = (weakref.ref(weight), version)
+
+
+def _check_finite_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """NaN/inf in ``hidden``, ``weight`` or ``bias`` would silently pick token 0: raise instead.
+
+    One fused device sync; reads hidden (N*d) and bias (V) every call, the weight (V*d) only
+    when it is not known finite (see ``_FINITE_WEIGHTS``).
+    """
+    check_weight = weight.numel() > 0 and not _weight_known_finite(weight)
+    parts = [(name, t) for name, t in (("hidden", hidden), ("bias", bias)) if t is not None and t.numel()]
+    if check_weight:
+        parts.append(("weight", weight))
+    if not parts:
+        return
+    flags = torch.stack([torch.isfinite(t).all() for _, t in parts])
+    if bool(flags.all()):
+        if check_weight:
+            _remember_finite_weight(weight)
+        return
+    name, t = parts[int((~flags).nonzero()[0, 0])]
+    where = (~torch.isfinite(t)).nonzero()[0].tolist()
+    value = float(t[tuple(where)])
+    raise ValueError(
+        f"{name}[{', '.join(map(str, where))}]={value!r}: {name} must be finite (NaN/inf would "
+        "make every logit of a row NaN or infinite and silently pick token 0)"
+    )
 
 
 def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, backend, need_grad):
@@ -95,9 +157,7 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
         softcap = check_finite_float("softcap", softcap)
         if softcap <= 0:
             raise ValueError(f"softcap={softcap!r}: expected None or a finite number > 0")
-    temperature = check_finite_float("temperature", temperature)
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature!r}: expected a finite number > 0")
+    temperature = check_temperature("temperature", check_finite_float("temperature", temperature))
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: allowed values are {MODES}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
@@ -127,12 +187,19 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
             raise ValueError(f"reward.dtype={reward.dtype}: expected a floating dtype")
         if reward.device != hidden.device:
             raise ValueError(f"reward.device={reward.device}: must equal hidden.device={hidden.device}")
-        if n > 0 and not bool(torch.isfinite(reward).all()):
-            raise ValueError(f"reward={reward}: expected finite values")
+        if n > 0:
+            bad = ~torch.isfinite(reward) | (reward.abs() > REWARD_MAX)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"reward={float(reward[i])!r} at row {i}: expected finite values with |reward| <= "
+                    f"{REWARD_MAX:g} (larger ones can overflow the fp32 gradient)"
+                )
         reward_t = reward.detach().to(torch.float32)
     else:
-        r = check_finite_float("reward", reward)
+        r = check_reward_range("reward", check_finite_float("reward", reward))
         reward_t = torch.full((n,), r, dtype=torch.float32, device=hidden.device)
+    _check_finite_inputs(hidden, weight, bias)
     return reward_t, softcap, temperature
 
 
@@ -179,6 +246,12 @@ def latent_policy_grad(
     - ``need_grad=False`` skips the gradient (``grad`` is None): tokens, log-probs and argmax only.
 
     Inputs are never modified. Every check runs before any compute and raises ``ValueError``.
+
+    Ranges (chosen so fp32 cannot overflow, see ``_util.REWARD_MAX``): ``|reward| <= 1e6``,
+    ``temperature >= 1e-4``. Non-finite values: NaN/inf in ``hidden``, ``weight``, ``bias`` or
+    ``reward`` raise ``ValueError`` naming the first bad element. Cost: one device sync and a
+    read of hidden and bias per call; the weight (V*d values, as much as the op's own pass) is
+    read on its first use and again only after torch's version counter shows an in-place change.
     """
     reward_t, softcap, temperature = _validate(
         hidden, weight, reward, bias, softcap, temperature, mode, seed, tokens, backend, need_grad
