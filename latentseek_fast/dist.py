@@ -126,9 +126,13 @@ def dist_env(environ: dict | None = None) -> DistEnv:
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank}: expected 0 <= RANK < WORLD_SIZE={world}")
     if not 1 <= local_world <= world:
-        raise ValueError(f"LOCAL_WORLD_SIZE={local_world}: expected 1 <= LOCAL_WORLD_SIZE <= WORLD_SIZE={world}")
+        raise ValueError(
+            f"LOCAL_WORLD_SIZE={local_world}: expected 1 <= LOCAL_WORLD_SIZE <= WORLD_SIZE={world}"
+        )
     if not 0 <= local_rank < local_world:
-        raise ValueError(f"LOCAL_RANK={local_rank}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE={local_world}")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE={local_world}"
+        )
     return DistEnv(rank, local_rank, world, local_world)
 
 
@@ -338,7 +342,9 @@ def _init_group(env: DistEnv, device: str, timeout: timedelta) -> bool:
     if tdist.is_initialized():
         return False
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise ValueError(f"WORLD_SIZE={env.world_size} but MASTER_ADDR/MASTER_PORT are unset: launch with torchrun")
+        raise ValueError(
+            f"WORLD_SIZE={env.world_size} but MASTER_ADDR/MASTER_PORT are unset: launch with torchrun"
+        )
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
         tdist.init_process_group("nccl", timeout=timeout, device_id=torch.device(device))
