@@ -424,19 +424,25 @@ def sharded_results(
     owns_group = _init_group(env, dev, timeout)
     results = _results()
     try:
-        plan: tuple[list[int], str | None]
+        indices = list(indices)
+        plan: tuple[list[int], str | None, list[int]]
         if env.is_main:
             try:
-                plan = (sorted({r["index"] for r in _finished_rows(out, resume)}), None)
+                plan = (sorted({r["index"] for r in _finished_rows(out, resume)}), None, indices)
             except (ValueError, OSError) as exc:  # ResultsError is a ValueError
-                plan = ([], str(exc))
+                plan = ([], str(exc), indices)
         else:
-            plan = ([], None)
-        done_list, error = _broadcast(plan, env)
+            plan = ([], None, [])
+        done_list, error, main_indices = _broadcast(plan, env)
         if error is not None:
             raise results.ResultsError(error)
+        if main_indices != indices:
+            raise ValueError(
+                f"rank {env.rank} was given {len(indices)} problems, rank 0 {len(main_indices)} "
+                "(or others): every rank must see the same --data, --start and --limit"
+            )
         done = set(done_list)
-        todo = shard(list(indices), env.rank, env.world_size, done)
+        todo = shard(indices, env.rank, env.world_size, done)
         path = shard_path(out, env.rank, env.world_size) if env.distributed else out
         writer = results.ResultsWriter(path, resume=resume)
         run = ShardedRun(env, dev, n_threads, path, todo, done, _writer=writer)

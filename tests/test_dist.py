@@ -249,6 +249,32 @@ def test_append_only_this_ranks_problems(tmp_path):
             run.append(row_of(7))
 
 
+def test_record_helpers_write_torchruns_error_file(tmp_path, monkeypatch):
+    calls = []
+    wrapped = dist.record(lambda x: calls.append(x) or 7)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    assert wrapped(1) == 7 and calls == [1]  # plain run: untouched
+    dist.record_error(ValueError("ignored"))  # plain run: a no-op
+    err = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(err))
+    try:
+        raise ValueError("bad --limit -3")
+    except ValueError as exc:
+        dist.record_error(exc)
+    message = json.loads(err.read_text())["message"]
+    assert message["message"] == "ValueError: bad --limit -3"
+    assert "raise ValueError" in message["extraInfo"]["py_callstack"]
+    err.unlink()
+
+    @dist.record
+    def entry():
+        raise KeyError("crashed")
+
+    with pytest.raises(KeyError):
+        entry()
+    assert json.loads(err.read_text())["message"]["message"] == "KeyError: 'crashed'"
+
+
 # ---------------------------------------------------------------- real torchrun runs (gloo)
 
 
