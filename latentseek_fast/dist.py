@@ -149,6 +149,11 @@ def resolve_device(
     ``cuda_available`` / ``device_count`` default to torch's answers (parameters for tests).
     """
     if requested is not None and requested != "cuda":
+        if requested.startswith("cuda:") and env.local_world_size > 1:
+            raise ValueError(
+                f"--device {requested}: with {env.local_world_size} processes per node each needs its "
+                "own GPU; pass --device cuda (or nothing) to run rank r on cuda:LOCAL_RANK"
+            )
         return requested
     if cuda_available is None or device_count is None:
         import torch
@@ -412,6 +417,15 @@ def sharded_results(
 
     One process (no torchrun): rows go straight into ``out``; shards left by an earlier
     distributed run are counted on ``resume`` and merged at the end.
+
+    Use (the shape of ``eval``)::
+
+        with sharded_results(out, selected, resume=resume, device=device, threads=threads) as run:
+            model, tok = load_model(name, device=run.device) if run.todo else (None, None)
+            for i in run.todo:
+                run.append(row_for(i))  # the row's "index" must be i
+        if run.env.is_main:
+            print(format_summary(summarize(run.rows, selected)))
     """
     import torch
 

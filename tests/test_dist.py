@@ -67,7 +67,11 @@ def test_device_per_local_rank():
     assert dist.resolve_device(env, "cuda", cuda_available=True, device_count=2) == "cuda:1"
     assert dist.resolve_device(env, None, cuda_available=False, device_count=0) == "cpu"
     assert dist.resolve_device(env, "cpu", cuda_available=True, device_count=2) == "cpu"
-    assert dist.resolve_device(env, "cuda:0", cuda_available=True, device_count=2) == "cuda:0"
+    assert dist.resolve_device(DistEnv(1, 0, 2, 1), "cuda:1", cuda_available=True, device_count=2) == "cuda:1"
+    with pytest.raises(
+        ValueError, match=r"--device cuda:0: with 2 processes per node each needs its own GPU"
+    ):
+        dist.resolve_device(env, "cuda:0", cuda_available=True, device_count=2)
     assert dist.resolve_device(DistEnv(), None, cuda_available=True, device_count=1) == "cuda:0"
     with pytest.raises(ValueError, match=r"LOCAL_RANK=1: only 1 CUDA device"):
         dist.resolve_device(env, None, cuda_available=True, device_count=1)
