@@ -91,8 +91,9 @@ setup(
         "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "matplotlib"],
         "bench": ["matplotlib", "pytest-benchmark"],
+        "report": ["matplotlib"],
     },
     entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.cli:main"]},
     ext_modules=ext_modules,

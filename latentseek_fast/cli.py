@@ -280,6 +280,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """The paper's table per data set, and test-time-scaling and reward PNGs (``report.py``)."""
+    from .report import write_report
+
+    write_report([args.results] + ([args.compare] if args.compare else []), out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentseek-fast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log which fast paths are used and why")
@@ -300,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resume", action="store_true", help="continue --out, skipping problems already in it")
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _add_seek_args(e)
+    rp = sub.add_parser(
+        "report", help="the paper's table and test-time-scaling/reward plots of a results file"
+    )
+    rp.add_argument("results", help="a results JSONL file written by eval")
+    rp.add_argument(
+        "--out", default="report.png", help="PNG path stem: writes <stem>_scaling.png and <stem>_rewards.png"
+    )
+    rp.add_argument("--compare", default=None, help="a second results file, drawn beside the first")
     return p
 
 
@@ -310,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args([*argv, "run"])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return cmd_run(args) if args.command == "run" else cmd_eval(args)
+        return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report}[args.command](args)
     except (CLIError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
