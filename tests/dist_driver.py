@@ -14,9 +14,6 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import results_standin  # noqa: E402  (STAND-IN: remove with results_standin.py after the merge)
-
-results_standin.install()
 
 from latentseek_fast import dist  # noqa: E402
 

@@ -15,9 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import results_standin  # noqa: E402  (STAND-IN: remove with results_standin.py after the merge)
-
-results_standin.install()
 
 from dist_driver import row_of  # noqa: E402
 

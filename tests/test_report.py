@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import results_standin  # noqa: E402  (STAND-IN: remove with results_standin.py after the merge)
-
-results_standin.install()
 
 from latentseek_fast import cli, report  # noqa: E402
 
