@@ -121,13 +121,22 @@ def greedy_continue(
     stop: frozenset[int],
     max_tokens: int,
     keep_latents: bool = True,
+    drafts=None,
 ) -> Generation:
     """Continue greedily from ``last_hidden`` ``[d]`` (the latent predicting the next token).
 
     ``cache`` must already hold every position before that next token. At most ``max_tokens``
     tokens are produced; the stop token is included and its latent recorded (the research code
     records the latent before the stop test). The stop token itself is never fed to the model.
+    ``drafts``: a ``drafts.DraftRow`` whose tokens end where ``cache`` does; when given (and its
+    ``k`` > 0) the same tokens are decoded with draft-verified forwards.
     """
+    if drafts is not None and drafts.k > 0:
+        from .drafts import greedy_continue_drafted
+
+        return greedy_continue_drafted(
+            model, cache, last_hidden, stop=stop, max_tokens=max_tokens, row=drafts, keep_latents=keep_latents
+        )
     head = lm_head_of(model)
     device = last_hidden.device
     ids: list[int] = []

@@ -15,6 +15,7 @@ import torch
 from . import decode as D
 from ._util import say_once
 from .config import SeekConfig
+from .drafts import DecodeStats, DraftPool
 from .steppers import make_stepper, resolve_backend
 
 
@@ -25,7 +26,9 @@ class SeekResult:
     ``rewards`` is the reward history (the original answer's first); ``iterations`` the number of
     latent steps taken (``len(rewards) - 1``); ``timings`` the wall seconds of each phase:
     ``generate`` (original answer), ``latent`` (gradient + update + re-decode of the L latents),
-    ``decode`` (continuations) and ``reward``.
+    ``decode`` (continuations) and ``reward``. ``reused``: iterations that reused an earlier
+    iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``drafts.DecodeStats`` of
+    the original answer and the continuations (tokens, forwards, drafts fed and accepted).
     """
 
     answer: str
@@ -40,6 +43,8 @@ class SeekResult:
     stopped: str
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
+    reused: int = 0
+    decode_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def original_reward(self) -> float:
@@ -82,6 +87,10 @@ def seek_loop(
     cont_max_tokens: int,
     clock: _Clock,
     prompt_cache=None,
+    pool=None,
+    stats=None,
+    reuse_reward: bool = False,
+    answer_complete: bool = False,
 ):
     """Steps 2-5 of Algorithm 1 from an original answer.
 
@@ -90,6 +99,14 @@ def seek_loop(
     ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
     prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
     The original answer is returned (as ``None`` ids) when nothing was stepped.
+
+    With ``config.draft_tokens`` > 0 the continuations are drafted from ``pool`` (a
+    ``drafts.DraftPool``; by default one over the prompt and the answer), and each continuation is
+    added to it. With ``config.reuse``, re-decoded tokens seen in an earlier iteration reuse its
+    continuation, and its reward when ``reuse_reward`` (the reward is deterministic);
+    ``answer_complete`` says that ``answer_ids`` itself is such a continuation (decoded greedily
+    with ``cont_stop`` and ended by one of them), so re-decoding its own tokens reuses it.
+    ``stats`` (a ``drafts.DecodeStats``), when given, counts the decoding and the reuses.
     """
     T = int(latents.shape[0])
     L = min(int(config.rho * T), config.max_update_length)
@@ -113,6 +130,11 @@ def seek_loop(
     t0 = time.perf_counter()
     stepper = make_stepper(model, rows, config, backend)
     clock.add("latent", t0)
+    if config.draft_tokens and pool is None:
+        pool = DraftPool([prompt_ids[0].tolist(), list(answer_ids)])
+    seen: dict[tuple[int, ...], tuple[list[int], str, float]] = {}  # re-decoded tokens -> outcome
+    if answer_complete and T - start - L <= cont_max_tokens:
+        seen[tuple(answer_ids[start : start + L])] = (list(answer_ids), tokenizer.decode(answer_ids), r0)
     reward_now = r0
     ids = text = None
     stopped = "max_steps"
@@ -124,20 +146,40 @@ def seek_loop(
         new_tokens = stepper.step(reward_now, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
-        t0 = time.perf_counter()
-        D.truncate_cache(prompt_cache, base_len)
-        x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
-        h = D.prefill(model, x, prompt_cache)
-        cont = D.greedy_continue(
-            model, prompt_cache, h, stop=cont_stop, max_tokens=cont_max_tokens, keep_latents=False
-        )
-        ids = prefix + new_tokens + cont.ids
-        text = tokenizer.decode(ids)
-        clock.add("decode", t0)
+        key = tuple(new_tokens)
+        reused = config.reuse and key in seen  # the same input: greedy gives the same continuation
+        if reused:
+            ids, text, earlier = seen[key]
+            if stats is not None:
+                stats.reused += 1
+        else:
+            t0 = time.perf_counter()
+            D.truncate_cache(prompt_cache, base_len)
+            x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
+            h = D.prefill(model, x, prompt_cache)
+            row = pool.row(base.tolist() + new_tokens, k=config.draft_tokens) if pool is not None else None
+            cont = D.greedy_continue(
+                model,
+                prompt_cache,
+                h,
+                stop=cont_stop,
+                max_tokens=cont_max_tokens,
+                keep_latents=False,
+                drafts=row,
+            )
+            ids = prefix + new_tokens + cont.ids
+            text = tokenizer.decode(ids)
+            if pool is not None:
+                pool.add(ids)
+            if stats is not None:
+                stats.add(cont)
+            clock.add("decode", t0)
 
         t0 = time.perf_counter()
-        reward_now = score(text)
+        reward_now = earlier if reused and reuse_reward else score(text)
         clock.add("reward", t0)
+        if config.reuse and not reused:
+            seen[key] = (ids, text, reward_now)
         history.append(reward_now)
     return ids, text, history, L, stopped, backend
 
@@ -205,11 +247,25 @@ def seek(
     device = head.weight.device
     clock = _Clock()
 
+    from .rewards.base import as_reward
+
+    stats = DecodeStats()
+    reuse_reward = bool(getattr(as_reward(reward_obj), "deterministic", False))
+
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     cache = D.new_cache(model)
     h = D.prefill(model, prompt_ids, cache)
-    gen = D.greedy_continue(model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=config.max_new_tokens)
+    pool = row = None
+    if config.draft_tokens:
+        pool = DraftPool([prompt_ids[0].tolist()])
+        row = pool.row(prompt_ids[0].tolist(), k=config.draft_tokens)
+    gen = D.greedy_continue(
+        model, cache, h, stop=D.stop_ids(tokenizer), max_tokens=config.max_new_tokens, drafts=row
+    )
+    stats.add(gen)
+    if pool is not None:
+        pool.add(gen.ids)
     original_text = tokenizer.decode(gen.ids)
     clock.add("generate", t0)
 
@@ -230,6 +286,10 @@ def seek(
         cont_max_tokens=config.max_new_tokens,
         clock=clock,
         prompt_cache=cache,
+        pool=pool,
+        stats=stats,
+        reuse_reward=reuse_reward,
+        answer_complete=gen.stopped_by == "stop",
     )
     if ids is None:
         ids, text = gen.ids, original_text
@@ -247,4 +307,6 @@ def seek(
         stopped=stopped,
         backend=backend,
         timings=clock.t,
+        reused=stats.reused,
+        decode_stats=stats.to_dict(),
     )
