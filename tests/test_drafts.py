@@ -4,6 +4,8 @@ The decoder tests run tiny random fp64 models (ties and blocking noise are out o
 the drafted tokens must equal plain greedy's exactly and the latents to fp64 round-off.
 """
 
+import json
+
 import pytest
 import torch
 from conftest import make_tiny_model
@@ -367,3 +369,21 @@ def test_drafted_decoder_validates_max_tokens(model64):
     h = D.prefill(model64, torch.tensor([[4, 5]]), cache)
     with pytest.raises(ValueError, match="max_tokens=0"):
         greedy_continue_drafted(model64, cache, h, stop=frozenset(), max_tokens=0, row=DraftRow(None, [4, 5]))
+
+
+def test_cli_draft_tokens(tmp_path, tokenizer, capsys):
+    from latentseek_fast import cli
+
+    make_tiny_model(seed=3).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    base = ["run", "--model", str(tmp_path), "--problem", "What is 1+1?", "--gold", "2", "--json"]
+    base += ["--max-new-tokens", "8", "--max-steps", "2", "--rho", "0.5", "--threads", "1"]
+    answers = []
+    for k in ("0", "8"):
+        assert cli.main([*base, "--draft-tokens", k]) == 0
+        out = json.loads(capsys.readouterr().out)
+        answers.append((out["answer_ids"], out["rewards"]))
+        assert out["decode_stats"]["drafted"] == 0 if k == "0" else out["decode_stats"]["drafted"] > 0
+    assert answers[0] == answers[1]
+    assert cli.main([*base, "--draft-tokens", "-1"]) == 2
+    assert "draft_tokens=-1" in capsys.readouterr().err
