@@ -387,3 +387,37 @@ def test_cli_draft_tokens(tmp_path, tokenizer, capsys):
     assert answers[0] == answers[1]
     assert cli.main([*base, "--draft-tokens", "-1"]) == 2
     assert "draft_tokens=-1" in capsys.readouterr().err
+
+
+def _first_difference(a: list[int], b: list[int]) -> int | None:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b))
+    )
+
+
+def _top2_gap(model, ids: list[int]) -> float:
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    top = torch.topk(logits.double(), 2).values
+    return float(top[0] - top[1])
+
+
+@pytest.mark.slow
+def test_drafts_on_the_embedded_model(smol):
+    """Drafts on and off give the same answers; where a token differs, greedy was at a near-tie."""
+    from latentseek_fast.demo import demo_problems
+    from latentseek_fast.prompts import build_prompt
+
+    model, tok = smol
+    problem = demo_problems()[0]
+    kw = {"max_new_tokens": 64, "max_steps": 2, "rho": 0.2, "backend": "torch"}
+    on = seek(model, tok, problem, None, draft_tokens=8, **kw)
+    off = seek(model, tok, problem, None, draft_tokens=0, **kw)
+    assert on.decode_stats["accepted"] > 0
+    prompt = tok(build_prompt(tok, problem.question, dataset=problem.dataset)).input_ids
+    for a, b in ((on.original_ids, off.original_ids), (on.answer_ids, off.answer_ids)):
+        i = _first_difference(a, b)
+        if i is not None:  # the only excuse: two candidate tokens within 1e-4 of each other
+            assert _top2_gap(model, prompt + a[:i]) < 1e-4, f"tokens differ at {i} without a near-tie"
+            return
+    assert on.rewards == off.rewards and on.answer == off.answer
