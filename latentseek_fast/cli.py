@@ -42,6 +42,13 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=d.mode)
     g.add_argument("--temperature", type=float, default=d.temperature)
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=d.draft_tokens,
+        help="tokens drafted from the prompt and earlier answers per forward, verified greedily "
+        "(same answer, fewer forwards); 0: off",
+    )
     g = p.add_argument_group("task")
     g.add_argument(
         "--reward",

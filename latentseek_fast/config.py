@@ -40,6 +40,11 @@ class SeekConfig:
     - ``mode``/``temperature``/``seed``: how the gradient's tokens are chosen: ``greedy``
       (argmax, the research code) or ``sample`` (Gumbel-max from softmax(logits/temperature)).
       Re-decoding is always greedy.
+    - ``draft_tokens``: most tokens drafted per forward when decoding the original answer and the
+      continuations (copied from the prompt and the problem's earlier answers, verified by greedy
+      decoding; see ``drafts.py``); 0 decodes one token per forward. The tokens are the same.
+    - ``reuse``: an iteration whose re-decoded tokens equal an earlier iteration's reuses that
+      continuation (and its reward, when the reward declares itself deterministic).
     """
 
     lr: float = 0.03
@@ -55,6 +60,8 @@ class SeekConfig:
     mode: str = "greedy"
     temperature: float = 1.0
     seed: int = 0
+    draft_tokens: int = 8
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +94,7 @@ class SeekConfig:
             ("start_index", 0),
             ("max_update_length", 0),
             ("seed", 0),
+            ("draft_tokens", 0),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -98,6 +106,8 @@ class SeekConfig:
             or self.grad_clip == float("inf")
         ):
             bad("grad_clip", "expected None or a finite number >= 0")
+        if not isinstance(self.reuse, bool):
+            bad("reuse", "expected True or False")
         if self.backend not in BACKENDS:
             bad("backend", f"allowed values are {BACKENDS}")
         if self.latent_dtype not in LATENT_DTYPES:

@@ -107,11 +107,16 @@ def hidden_states(model, ids: torch.Tensor, cache) -> torch.Tensor:
 
 @dataclass
 class Generation:
-    """A greedy generation: new token ids, their latents ``[T, d]`` and why it stopped."""
+    """A greedy generation: new token ids, their latents ``[T, d]``, why it stopped, and what it
+    cost: ``forwards`` after the one that gave the first token, ``drafted``/``accepted`` draft
+    tokens fed and kept (see ``drafts.greedy_continue_drafted``)."""
 
     ids: list[int]
     latents: torch.Tensor
     stopped_by: str  # "stop" (a stop token was produced) or "length"
+    forwards: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @torch.no_grad()
@@ -124,6 +129,7 @@ def greedy_continue(
     max_tokens: int,
     keep_latents: bool = True,
     on_token=None,
+    drafts=None,
 ) -> Generation:
     """Continue greedily from ``last_hidden`` ``[d]`` (the latent predicting the next token).
 
@@ -131,7 +137,22 @@ def greedy_continue(
     tokens are produced; the stop token is included and its latent recorded (the research code
     records the latent before the stop test). The stop token itself is never fed to the model.
     ``on_token(id)``, when given, is called with each token as soon as it is chosen.
+    ``drafts``: a ``drafts.DraftRow`` whose tokens end where ``cache`` does; when given (and its
+    ``k`` > 0) the same tokens are decoded with draft-verified forwards.
     """
+    if drafts is not None and drafts.k > 0:
+        from .drafts import greedy_continue_drafted
+
+        return greedy_continue_drafted(
+            model,
+            cache,
+            last_hidden,
+            stop=stop,
+            max_tokens=max_tokens,
+            row=drafts,
+            keep_latents=keep_latents,
+            on_token=on_token,
+        )
     head = lm_head_of(model)
     device = last_hidden.device
     ids: list[int] = []
@@ -154,7 +175,7 @@ def greedy_continue(
         step_ids.fill_(tok)
         h = hidden_states(model, step_ids, cache)[0, -1]
     latents = torch.stack(lats) if lats else torch.empty(0, head.weight.shape[1], device=device)
-    return Generation(ids=ids, latents=latents, stopped_by=stopped)
+    return Generation(ids=ids, latents=latents, stopped_by=stopped, forwards=len(ids) - 1)
 
 
 @torch.no_grad()

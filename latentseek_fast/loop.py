@@ -17,6 +17,7 @@ from . import decode
 from ._util import REWARD_MAX, say_once
 from .backends import resolve_backend
 from .config import SeekConfig
+from .drafts import DecodeStats, DraftPool
 from .rewards import bind_question, make_reward
 from .steppers import make_stepper
 
@@ -28,7 +29,9 @@ class SeekResult:
     ``rewards`` is the reward history (the original answer's first); ``iterations`` the number of
     latent steps taken (``len(rewards) - 1``); ``timings`` the wall seconds of each phase:
     ``generate`` (original answer), ``latent`` (gradient + update + re-decode of the L latents),
-    ``decode`` (continuations) and ``reward``.
+    ``decode`` (continuations) and ``reward``. ``reused``: iterations that reused an earlier
+    iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``drafts.DecodeStats`` of
+    the original answer and the continuations (tokens, forwards, drafts fed and accepted).
     """
 
     answer: str
@@ -43,6 +46,8 @@ class SeekResult:
     stopped: str
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
+    reused: int = 0
+    decode_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def original_reward(self) -> float:
@@ -130,13 +135,25 @@ def seek_loop(
     prompt_cache=None,
     on_event=None,
     label: str = "the problem",
+    pool=None,
+    stats=None,
+    reuse_reward: bool = False,
+    answer_complete: bool = False,
 ) -> LoopOutcome:
     """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
     ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
     prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
     ``score`` maps an answer text to its reward. ``on_event`` gets an
-    ``engine.events.IterationDone`` after each iteration.
+    ``engine.events.IterationDone`` after each iteration; ``label`` names the problem in errors.
+
+    With ``config.draft_tokens`` > 0 the continuations are drafted from ``pool`` (a
+    ``drafts.DraftPool``; by default one over the prompt and the answer), and each continuation is
+    added to it. With ``config.reuse``, re-decoded tokens seen in an earlier iteration reuse its
+    continuation, and its reward when ``reuse_reward`` (the reward is deterministic);
+    ``answer_complete`` says that ``answer_ids`` itself is such a continuation (decoded greedily
+    with ``cont_stop`` and ended by one of them), so re-decoding its own tokens reuses it.
+    ``stats`` (a ``drafts.DecodeStats``), when given, counts the decoding and the reuses.
     """
     T = int(latents.shape[0])
     L = config.update_length(T)
@@ -160,6 +177,11 @@ def seek_loop(
     t0 = time.perf_counter()
     stepper = make_stepper(model, rows, config, backend)
     clock.add("latent", t0)
+    if config.draft_tokens and pool is None:
+        pool = DraftPool([prompt_ids[0].tolist(), list(answer_ids)])
+    seen: dict[tuple[int, ...], tuple[list[int], str, float]] = {}  # re-decoded tokens -> outcome
+    if answer_complete and T - start - L <= cont_max_tokens:
+        seen[tuple(answer_ids[start : start + L])] = (list(answer_ids), tokenizer.decode(answer_ids), r0)
     reward_now = r0
     ids = text = None
     stopped = "max_steps"
@@ -171,25 +193,47 @@ def seek_loop(
         new_tokens = _checked_step(stepper, reward_now, step, label, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
-        t0 = t_dec = time.perf_counter()
-        decode.truncate_cache(prompt_cache, base_len)
-        x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
-        h = decode.prefill(model, x, prompt_cache)
-        cont = decode.greedy_continue(
-            model, prompt_cache, h, stop=cont_stop, max_tokens=cont_max_tokens, keep_latents=False
-        )
-        ids = prefix + new_tokens + cont.ids
-        text = tokenizer.decode(ids)
-        clock.add("decode", t0)
+        key = tuple(new_tokens)
+        reused = config.reuse and key in seen  # the same input: greedy gives the same continuation
+        t_dec = time.perf_counter()
+        made = 0
+        if reused:
+            ids, text, earlier = seen[key]
+            if stats is not None:
+                stats.reused += 1
+        else:
+            decode.truncate_cache(prompt_cache, base_len)
+            x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
+            h = decode.prefill(model, x, prompt_cache)
+            row = pool.row(base.tolist() + new_tokens, k=config.draft_tokens) if pool is not None else None
+            cont = decode.greedy_continue(
+                model,
+                prompt_cache,
+                h,
+                stop=cont_stop,
+                max_tokens=cont_max_tokens,
+                keep_latents=False,
+                drafts=row,
+            )
+            ids = prefix + new_tokens + cont.ids
+            text = tokenizer.decode(ids)
+            made = len(new_tokens) + len(cont.ids)
+            if pool is not None:
+                pool.add(ids)
+            if stats is not None:
+                stats.add(cont)
+            clock.add("decode", t_dec)
 
         t0 = t1 = time.perf_counter()
-        reward_now = score(text)
+        reward_now = earlier if reused and reuse_reward else score(text)
         clock.add("reward", t0)
+        if config.reuse and not reused:
+            seen[key] = (ids, text, reward_now)
         history.append(reward_now)
         if on_event is not None:
             from .engine.events import IterationDone, rate
 
-            secs, made = t1 - t_dec, len(new_tokens) + len(cont.ids)
+            secs = t1 - t_dec
             on_event(IterationDone(0, len(history) - 1, reward_now, len(ids), secs, rate(made, secs)))
     return LoopOutcome(ids, text, history, L, stopped, backend)
 
@@ -244,6 +288,11 @@ def seek(
     device = head.weight.device
     clock = PhaseClock()
 
+    from .rewards.base import as_reward
+
+    stats = DecodeStats()
+    reuse_reward = bool(getattr(as_reward(reward_obj), "deterministic", False))
+
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     cache = decode.new_cache(model)
@@ -253,9 +302,22 @@ def seek(
         from .engine import events
 
         on_token = lambda tok: on_event(events.OriginalToken(0, tok, tokenizer.decode([tok])))  # noqa: E731
+    pool = row = None
+    if config.draft_tokens:
+        pool = DraftPool([prompt_ids[0].tolist()])
+        row = pool.row(prompt_ids[0].tolist(), k=config.draft_tokens)
     gen = decode.greedy_continue(
-        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=config.max_new_tokens, on_token=on_token
+        model,
+        cache,
+        h,
+        stop=decode.stop_ids(tokenizer),
+        max_tokens=config.max_new_tokens,
+        on_token=on_token,
+        drafts=row,
     )
+    stats.add(gen)
+    if pool is not None:
+        pool.add(gen.ids)
     original_text = tokenizer.decode(gen.ids)
     clock.add("generate", t0)
 
@@ -281,6 +343,10 @@ def seek(
         prompt_cache=cache,
         on_event=on_event,
         label=f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}",
+        pool=pool,
+        stats=stats,
+        reuse_reward=reuse_reward,
+        answer_complete=gen.stopped_by == "stop",
     )
     ids, text = (gen.ids, original_text) if out.ids is None else (out.ids, out.text)
     say_once(f"seek-backend-{out.backend}", f"latentseek_fast: latent steps on the '{out.backend}' backend")
@@ -297,6 +363,8 @@ def seek(
         stopped=out.stopped,
         backend=out.backend,
         timings=clock.seconds,
+        reused=stats.reused,
+        decode_stats=stats.to_dict(),
     )
     if on_event is not None:
         on_event(events.ProblemDone(0, result))

@@ -63,7 +63,7 @@ def test_iteration_feeds_only_new_tokens(tiny):
         lambda m, a, k: fed.append(k["input_ids"].shape[1]), with_kwargs=True
     )
     try:
-        res = _run(tiny, Scripted(-1.0), max_steps=2)
+        res = _run(tiny, Scripted(-1.0), max_steps=2, draft_tokens=0, reuse=False)  # one token a forward
     finally:
         handle.remove()
     P = len(tok(PROMPT).input_ids)

@@ -58,7 +58,13 @@ def check_reward_value(value, source=None) -> float:
 
 class Reward:
     """Base class of rewards. Subclasses implement ``compute(question, answer)``; calling the
-    object (or ``get_reward``, the research code's name) returns the validated float."""
+    object (or ``get_reward``, the research code's name) returns the validated float.
+
+    ``deterministic``: True declares that the same (question, answer) always gets the same
+    reward, so the seek loop may reuse an earlier score of an identical answer instead of
+    calling the reward again. False (the default) always calls it."""
+
+    deterministic: bool = False
 
     def compute(self, question: str, answer: str):
         raise NotImplementedError(f"{type(self).__name__} must implement compute(question, answer)")
@@ -78,6 +84,7 @@ class _GetRewardAdapter(Reward):
 
     def __init__(self, obj):
         self.obj = obj
+        self.deterministic = getattr(obj, "deterministic", False) is True
 
     def compute(self, question, answer):
         return self.obj.get_reward(question, answer)
@@ -92,6 +99,7 @@ class _GetRewardAdapter(Reward):
 class _CallableAdapter(Reward):
     def __init__(self, fn):
         self.fn = fn
+        self.deterministic = getattr(fn, "deterministic", False) is True
 
     def compute(self, question, answer):
         return self.fn(question, answer)
@@ -104,7 +112,9 @@ class _CallableAdapter(Reward):
 
 
 def as_reward(obj) -> Reward:
-    """A ``Reward`` from a Reward, an object with ``get_reward``, or a callable ``(q, a) -> number``."""
+    """A ``Reward`` from a Reward, an object with ``get_reward``, or a callable ``(q, a) -> number``.
+
+    A wrapped object or callable is deterministic only when it has ``deterministic = True``."""
     if isinstance(obj, Reward):
         return obj
     if callable(getattr(obj, "get_reward", None)):

@@ -11,6 +11,8 @@ from .base import Reward
 class PSRM(Reward):
     """Compares the answer extracted from the reply (``style`` rule) with the ground truth."""
 
+    deterministic = True  # a pure function of the answer text
+
     def __init__(self, gold: str, dataset: str = "gsm8k", style: str = "boxed"):
         if gold is None or not str(gold).strip():
             raise ValueError(f"PSRM gold={gold!r}: expected a non-empty ground-truth answer")

@@ -99,6 +99,8 @@ class SelfReward(Reward):
     """The model as its own verifier. ``verdicts()`` gives the per-verifier verdicts; the last
     prompts, replies and verdicts are kept in ``last_prompts``/``last_replies``/``last_verdicts``."""
 
+    deterministic = True  # greedy verifier replies: the same answer gets the same verdicts
+
     def __init__(
         self, model, tokenizer, *, format_rule: bool = False, max_new_tokens: int = 4096, batched: bool = True
     ):
