@@ -109,7 +109,8 @@ def test_fused_backends_match_reference_on_tiny_model(tiny, backend):
 
 class HeadInputs:
     """Records the 2-D inputs of ``model.lm_head``: the latents the reference stepper scores
-    (decoding calls the head on 3-D hidden states, so they are not recorded)."""
+    (plain decoding calls the head on one 1-D latent, so it is not recorded; drafted decoding
+    scores 2-D blocks, so the seeks that use this recorder run with ``draft_tokens=0``)."""
 
     def __init__(self, model):
         self.seen = []
@@ -146,7 +147,7 @@ def research_adam_steps(head, x0, reward, steps, lr, master):
 
 def _seek_bf16(model, tokenizer, **kw):
     """Two steps on 4 of 8 latents of a bf16 tiny model, the reward always -1."""
-    kw = dict(prompt=PROMPT, max_new_tokens=8, rho=0.5, max_steps=2, lr=0.03, **kw)
+    kw = dict(prompt=PROMPT, max_new_tokens=8, rho=0.5, max_steps=2, lr=0.03, draft_tokens=0, **kw)
     res = seek(model, tokenizer, "q", Scripted(-1.0), **kw)
     assert res.iterations == 2 and res.update_length == 4 and res.original_length == 8
     return res
