@@ -12,6 +12,7 @@ import time
 
 from .backends import BACKENDS, MODES
 from .config import LATENT_DTYPES, REWARD_NAMES, SeekConfig
+from .dist import record, record_error
 
 
 class CLIError(Exception):
@@ -163,6 +164,33 @@ def _judge(problem, text, style):
     return pred, (problem.gold is not None and is_correct(pred, problem.gold, problem.dataset))
 
 
+class _RunProgress:
+    """``run``'s live output: the original answer as it is decoded, then one line per iteration."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event) -> None:
+        from .engine import IterationDone, OriginalDone, OriginalToken
+
+        out = self.stream
+        if isinstance(event, OriginalToken):
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, OriginalDone):
+            out.write(
+                f"\n--- original answer: reward {event.reward:+.3f}, {event.length} tokens, "
+                f"{event.tokens_per_s:.1f} tokens/s ---\n"
+            )
+            out.flush()
+        elif isinstance(event, IterationDone):
+            out.write(
+                f"iteration {event.iteration}: reward {event.reward:+.3f}, {event.length} tokens, "
+                f"{event.tokens_per_s:.1f} tokens/s\n"
+            )
+            out.flush()
+
+
 def cmd_run(args) -> int:
     from .data import Problem
     from .demo import demo_problems
@@ -181,7 +209,21 @@ def cmd_run(args) -> int:
     config = _config(args)
     model, tok = _load(args)
     reward = _reward(args, model, tok, problem)
-    res = seek(model, tok, problem, reward, config, dataset=problem.dataset, style=args.prompt)
+    if not args.json:
+        print(f"Question: {problem.question}")
+        if problem.gold is not None:
+            print(f"Ground truth: {problem.gold}")
+        print("\n--- original answer (streamed as it is decoded) ---", flush=True)
+    res = seek(
+        model,
+        tok,
+        problem,
+        reward,
+        config,
+        dataset=problem.dataset,
+        style=args.prompt,
+        on_event=None if args.json else _RunProgress(),
+    )
     orig_pred, orig_ok = _judge(problem, res.original_answer, args.prompt)
     pred, ok = _judge(problem, res.answer, args.prompt)
     if args.json:
@@ -195,13 +237,6 @@ def cmd_run(args) -> int:
         }
         print(json.dumps(out, indent=2))
         return 0
-    print(f"Question: {problem.question}")
-    if problem.gold is not None:
-        print(f"Ground truth: {problem.gold}")
-    print(f"\n--- original answer (reward {res.rewards[0]:+.3f}, {res.original_length} tokens) ---")
-    print(res.original_answer)
-    for i, r in enumerate(res.rewards[1:], 1):
-        print(f"iteration {i}: reward {r:+.3f}")
     print(
         f"\n--- final answer after {res.iterations} iteration(s), stop: {res.stopped}, "
         f"L={res.update_length}, backend={res.backend} ---"
@@ -227,64 +262,143 @@ def _check_rows_match(rows: list[dict], problems, out: str) -> None:
             )
 
 
+def _eval_row(i: int, p, res, style: str) -> dict:
+    """The results row of problem ``i``: answers, every iteration's prediction and correctness
+    (``iter_preds``/``iter_correct``, aligned with ``rewards``; what ``report`` plots), lengths,
+    timings."""
+    judged = [_judge(p, text, style) for text in res.texts]
+    return {
+        "index": i,
+        "id": p.id,
+        "dataset": p.dataset,
+        "question": p.question,
+        "gold": p.gold,
+        "original_answer": res.original_answer,
+        "answer": res.answer,
+        "original_pred": judged[0][0],
+        "pred": judged[-1][0],
+        "original_correct": judged[0][1],
+        "correct": judged[-1][1],
+        "iter_preds": [pred for pred, _ in judged],
+        "iter_correct": [ok for _, ok in judged],
+        "rewards": res.rewards,
+        "iterations": res.iterations,
+        "stopped": res.stopped,
+        "original_length": res.original_length,
+        "final_length": res.final_length,
+        "update_length": res.update_length,
+        "backend": res.backend,
+        "reused": res.reused,
+        "timings": res.timings,
+        "seconds": sum(res.timings.values()),
+    }
+
+
+class _EvalProgress:
+    """``eval``'s progress bar: problems done, decoded tokens per second, running accuracy."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="latentseek", unit="problem", disable=not enabled)
+        self.t0 = time.perf_counter()
+        self.tokens = self.done = self.original_ok = self.ok = 0
+
+    def __call__(self, event) -> None:
+        from .engine import IterationDone, OriginalDone
+
+        if isinstance(event, OriginalDone):
+            self.tokens += event.length
+        elif isinstance(event, IterationDone):
+            self.tokens += event.tokens
+        else:
+            return
+        self._show()
+
+    def finished(self, row: dict) -> None:
+        self.done += 1
+        self.original_ok += bool(row["original_correct"])
+        self.ok += bool(row["correct"])
+        self.bar.update(1)
+        self._show()
+
+    def _show(self) -> None:
+        secs = time.perf_counter() - self.t0
+        post = {"tok/s": f"{self.tokens / secs:.1f}" if secs > 0 else "-"}
+        if self.done:
+            post["acc"] = f"{100 * self.original_ok / self.done:.0f}->{100 * self.ok / self.done:.0f}%"
+        self.bar.set_postfix(post, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _check_rows_match_files(out: str, problems) -> None:
+    """On ``--resume``: the rows of ``out`` and of its rank shards must come from this data file."""
+    from .dist import find_shards
+    from .results import read_results
+
+    for path in [out, *find_shards(out)]:
+        _check_rows_match(read_results(path), problems, path)
+
+
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
+    """Seek every selected problem; rows are written as problems finish (in any order).
 
+    Runs on ``iter_seek`` (``--batch-size`` seeks in flight; 1 runs ``seek`` one problem at a
+    time, which also drafts continuations). Under torchrun each rank runs its shard of the
+    problems into its own file and rank 0 merges them (``dist.sharded_results``).
+    """
     from .data import load_problems
-    from .results import ResultsWriter, format_summary, summarize
+    from .dist import sharded_results
+    from .results import format_summary, summarize
 
-    problems = load_problems(args.data, dataset=args.dataset)
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size {args.batch_size}: expected an integer >= 1")
     if args.start < 0 or (args.limit is not None and args.limit < 0):
         raise CLIError(f"--start {args.start} / --limit {args.limit}: expected >= 0")
-    stop = len(problems) if args.limit is None else min(len(problems), args.start + args.limit)
     _check_out_dir(args.out)
-    # The writer locks and checks --out first (before torch is even imported): a second eval on
-    # the same file, or a file that is not a results file, fails at once. A new file is removed
-    # again when anything below fails before its first row.
-    with ResultsWriter(args.out, resume=args.resume) as out:
-        _check_rows_match(out.rows, problems, args.out)
-        _preflight(args)
-        from .loop import seek
-
-        todo = [i for i in range(args.start, stop) if i not in out.done]
-        config = _config(args)
-        model, tok = _load(args) if todo else (None, None)
-        for i in tqdm(todo, desc="latentseek", unit="problem"):
-            p = problems[i]
-            reward = _reward(args, model, tok, p)
-            t0 = time.perf_counter()
-            res = seek(model, tok, p, reward, config, dataset=p.dataset, style=args.prompt)
-            orig_pred, orig_ok = _judge(p, res.original_answer, args.prompt)
-            pred, ok = _judge(p, res.answer, args.prompt)
-            out.append(
-                {
-                    "index": i,
-                    "id": p.id,
-                    "question": p.question,
-                    "gold": p.gold,
-                    "original_answer": res.original_answer,
-                    "answer": res.answer,
-                    "original_pred": orig_pred,
-                    "pred": pred,
-                    "original_correct": orig_ok,
-                    "correct": ok,
-                    "rewards": res.rewards,
-                    "iterations": res.iterations,
-                    "stopped": res.stopped,
-                    "original_length": res.original_length,
-                    "final_length": res.final_length,
-                    "update_length": res.update_length,
-                    "backend": res.backend,
-                    "timings": res.timings,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-        rows = out.rows
-    summary = summarize(rows, range(args.start, stop))
-    print(format_summary(summary))
-    if args.json:
-        print(json.dumps(summary))
+    problems = load_problems(args.data, dataset=args.dataset)
+    stop = len(problems) if args.limit is None else min(len(problems), args.start + args.limit)
+    if args.resume:
+        _check_rows_match_files(args.out, problems)
+    _preflight(args)
+    config = _config(args)
+    selected = list(range(args.start, stop))
+    with sharded_results(
+        args.out, selected, resume=args.resume, device=args.device, threads=args.threads
+    ) as run:
+        if run.todo:
+            args.device = run.device
+            model, tok = _load(args)
+            _eval_problems(args, config, model, tok, [problems[i] for i in run.todo], run)
+    if run.env.is_main:
+        summary = summarize(run.rows, selected)
+        print(format_summary(summary))
+        if args.json:
+            print(json.dumps(summary))
     return 0
+
+
+def _eval_problems(args, config, model, tok, batch, run) -> None:
+    """Seek ``batch`` (this rank's problems, ``run.todo`` order) and append each row as it ends."""
+    from .engine import iter_seek
+    from .loop import seek
+
+    rewards = [_reward(args, model, tok, p) for p in batch]
+    progress = _EvalProgress(len(batch), enabled=run.env.is_main)
+    common = dict(style=args.prompt, format_rule=args.format_rule, on_event=progress)
+    if args.batch_size == 1:
+        stream = ((j, seek(model, tok, p, rewards[j], config, **common)) for j, p in enumerate(batch))
+    else:
+        stream = iter_seek(model, tok, batch, rewards, config, batch_size=args.batch_size, **common)
+    try:
+        for j, res in stream:
+            row = _eval_row(run.todo[j], batch[j], res, args.prompt)
+            run.append(row)
+            progress.finished(row)
+    finally:
+        progress.close()
 
 
 def cmd_report(args) -> int:
@@ -314,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="results.jsonl")
     e.add_argument("--resume", action="store_true", help="continue --out, skipping problems already in it")
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="seeks in flight (continuous batching, one forward for all decoding rows); "
+        "1: one problem at a time",
+    )
     _add_seek_args(e)
     rp = sub.add_parser(
         "report", help="the paper's table and test-time-scaling/reward plots of a results file"
@@ -326,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@record
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -336,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report}[args.command](args)
     except (CLIError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        record_error(exc)  # under torchrun: the failure summary names this rank's error
         return 2
 
 

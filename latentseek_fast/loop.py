@@ -32,6 +32,8 @@ class SeekResult:
     ``decode`` (continuations) and ``reward``. ``reused``: iterations that reused an earlier
     iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``drafts.DecodeStats`` of
     the original answer and the continuations (tokens, forwards, drafts fed and accepted).
+    ``texts``: the answer each reward scored, aligned with ``rewards`` (``texts[0]`` is the
+    original answer), so that an evaluation can judge every iteration (test-time scaling).
     """
 
     answer: str
@@ -48,6 +50,7 @@ class SeekResult:
     timings: dict[str, float] = field(default_factory=dict)
     reused: int = 0
     decode_stats: dict[str, int] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
 
     @property
     def original_reward(self) -> float:
@@ -79,7 +82,7 @@ class LoopOutcome:
     ``ids``/``text`` are the latest answer, or None when no step ran (the original answer
     stands); ``rewards`` is the reward history (the original answer's first); ``update_length``
     is L; ``stopped`` is ``threshold``, ``max_steps`` or ``no_update``; ``backend`` the concrete
-    backend of the latent steps.
+    backend of the latent steps; ``texts`` the answer of each iteration (``rewards[1:]`` scored them).
     """
 
     ids: list[int] | None
@@ -88,6 +91,7 @@ class LoopOutcome:
     update_length: int
     stopped: str
     backend: str
+    texts: list[str] = field(default_factory=list)
 
 
 def _checked_step(stepper, reward: float, step: int, label: str, need_next: bool) -> list[int]:
@@ -161,6 +165,7 @@ def seek_loop(
     history = [r0]
     if L <= 0:
         return LoopOutcome(None, None, history, 0, "no_update", backend)
+    texts: list[str] = []
     start = config.start_index
     if start >= T:
         raise ValueError(f"start_index={start}: must be below the answer length T={T}")
@@ -230,12 +235,13 @@ def seek_loop(
         if config.reuse and not reused:
             seen[key] = (ids, text, reward_now)
         history.append(reward_now)
+        texts.append(text)
         if on_event is not None:
             from .engine.events import IterationDone, rate
 
             secs = t1 - t_dec
-            on_event(IterationDone(0, len(history) - 1, reward_now, len(ids), secs, rate(made, secs)))
-    return LoopOutcome(ids, text, history, L, stopped, backend)
+            on_event(IterationDone(0, len(history) - 1, reward_now, len(ids), secs, rate(made, secs), made))
+    return LoopOutcome(ids, text, history, L, stopped, backend, texts)
 
 
 def problem_parts(problem, dataset):
@@ -365,6 +371,7 @@ def seek(
         timings=clock.seconds,
         reused=stats.reused,
         decode_stats=stats.to_dict(),
+        texts=[original_text, *out.texts],
     )
     if on_event is not None:
         on_event(events.ProblemDone(0, result))

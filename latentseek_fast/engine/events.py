@@ -44,6 +44,7 @@ class IterationDone:
     length: int  # tokens of the new answer
     seconds: float  # decoding time of the continuation
     tokens_per_s: float
+    tokens: int = 0  # tokens the continuation fed and decoded (0 when an earlier one was reused)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class _Problem:
         self.original_text = ""
         self.text_to_score = ""
         self.history: list[float] = []
+        self.texts: list[str] = []  # the text each reward in history scored
         self.L = 0
         self.prefix: list[int] = []
         self.base_len = 0
@@ -340,6 +341,7 @@ class Engine:
 
     def _scored(self, p: _Problem, r: float) -> None:
         p.history.append(r)
+        p.texts.append(p.text_to_score)
         if len(p.history) == 1:
             T = len(p.gen_ids)
             secs = p.clock["generate"]
@@ -365,7 +367,9 @@ class Engine:
         else:
             n = len(p.history) - 1
             secs = p.decode_secs
-            self._emit(IterationDone(p.index, n, r, len(p.ids), secs, rate(p.decode_tokens, secs)))
+            self._emit(
+                IterationDone(p.index, n, r, len(p.ids), secs, rate(p.decode_tokens, secs), p.decode_tokens)
+            )
         p.state = "step"
 
     def _latent_round(self, due: list[_Problem]) -> None:
@@ -430,6 +434,7 @@ class Engine:
             stopped=stopped,
             backend=self.backend,
             timings=dict(p.clock),
+            texts=list(p.texts),
         )
         p.state = "done"
 
