@@ -1,11 +1,15 @@
 // Shared between the CPU (.cpp) and CUDA (.cu) implementations of latentseek::latent_adam_.
-// Only declarations and a plain-old-data struct live here; both kernels include it.
+// Declarations, a plain-old-data struct and the one dtype dispatch; both kernels include it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 namespace latentseek {
 
@@ -30,5 +34,51 @@ AdamScalars latent_adam_prepare(
     const std::optional<at::Tensor>& master, const at::Tensor& direction,
     const std::optional<at::Tensor>& reward, double reward_scalar, int64_t step, double lr,
     double beta1, double beta2, double eps, double max_grad_norm);
+
+// A type carried as a value, so that a generic lambda (C++14; nvcc builds .cu files as C++17)
+// can receive the element types it is instantiated for.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// The single dtype switch of both kernels: calls
+//   fn(TypeTag<p_t>{}, TypeTag<d_t>{}, std::bool_constant<kMaster>{})
+// with p_t the latents' element type (float, c10::BFloat16, c10::Half), d_t the direction's
+// (float, or p_t for a low-precision direction; latent_adam_prepare allows no other) and
+// kMaster whether an fp32 master copy is given. Every supported combination is instantiated
+// here, once for the CPU and once for the CUDA translation unit.
+template <typename Fn>
+void dispatch_latent_adam(const at::Tensor& latents, const at::Tensor& direction, bool has_master,
+                          Fn&& fn) {
+  auto with_master = [&](auto p_tag, auto d_tag) {
+    if (has_master) {
+      fn(p_tag, d_tag, std::true_type{});
+    } else {
+      fn(p_tag, d_tag, std::false_type{});
+    }
+  };
+  auto with_direction = [&](auto p_tag) {
+    using p_t = typename decltype(p_tag)::type;
+    if (direction.scalar_type() == at::kFloat) {
+      with_master(p_tag, TypeTag<float>{});
+    } else {
+      with_master(p_tag, TypeTag<p_t>{});
+    }
+  };
+  switch (latents.scalar_type()) {
+    case at::kFloat:
+      with_master(TypeTag<float>{}, TypeTag<float>{});
+      break;
+    case at::kBFloat16:
+      with_direction(TypeTag<c10::BFloat16>{});
+      break;
+    case at::kHalf:
+      with_direction(TypeTag<c10::Half>{});
+      break;
+    default:
+      TORCH_CHECK(false, "latent_adam_: unsupported latents dtype ", latents.scalar_type());
+  }
+}
 
 }  // namespace latentseek

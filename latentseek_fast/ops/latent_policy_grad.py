@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from latentseek_fast._util import check_finite_float, say_once
+from latentseek_fast.kernels import interpreting
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 MODES = ("greedy", "sample")
@@ -39,14 +39,10 @@ class LatentGrad:
     argmax: Tensor  # [N] int64: argmax of s (lowest index on ties) in every mode
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def triton_unavailable_reason(device: torch.device | str) -> str | None:
     """Why the triton backend cannot run on ``device``, or None when it can."""
     device = torch.device(device)
-    if device.type != "cuda" and not _interpreting():
+    if device.type != "cuda" and not interpreting():
         return f"the latents are on {device} (triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
     try:
         import triton  # noqa: F401
