@@ -13,8 +13,9 @@ ptxas. The cubin is then read with triton's bundled ``cuobjdump``:
   ``mma.sync`` on sm_80) and the SASS (``HGMMA`` / ``HMMA``), and global atomics (pass 2).
 
 Variants: both passes x fp32/fp16/bf16 x bias on/off x soft-cap on/off x greedy/sample/teacher
-(pass 1) x the block configurations ``default_blocks`` picks for N = 16, 32 and 300 (BLOCK_M 16,
-32, 64; the rest follows from the dtype), for each architecture. ``--subset ci`` is a covering
+(pass 1) x the block configurations ``default_blocks`` picks for small and large N (N = 16 and
+300: BLOCK_M 16 and 64; the rest follows from the dtype), for each architecture, plus the
+heaviest variants at N = 32 (BLOCK_M 32). ``--subset ci`` is a covering
 subset (every switch, dtype, mode, block configuration and architecture at least once) for the
 test suite; ``--subset tune`` adds the non-default bf16 configurations that
 ``bench/autotune.py`` times on a GPU.
@@ -105,12 +106,17 @@ def variant(kernel, arch, dtype, bias, softcap, mode, n, blocks=None):
 
 
 def full_set(archs):
-    """Every default variant: both passes, all dtypes, switches, modes and block configurations."""
+    """Every default variant for small and large N: both passes, all dtypes, switches and modes at
+    N = 16 and N = 300 (BLOCK_M 16 and 64), plus the heaviest variants (bias, soft-cap, sampling)
+    at N = 32 (BLOCK_M 32)."""
     out = []
-    for arch, dtype, bias, softcap, n in itertools.product(archs, DTYPES, (0, 1), (0, 1), N_CASES):
+    for arch, dtype, bias, softcap, n in itertools.product(archs, DTYPES, (0, 1), (0, 1), (16, 300)):
         for mode in MODES:
             out.append(variant("fwd", arch, dtype, bias, softcap, mode, n))
         out.append(variant("grad", arch, dtype, bias, softcap, "-", n))
+    for arch, dtype in itertools.product(archs, DTYPES):
+        out.append(variant("fwd", arch, dtype, 1, 1, "sample", 32))
+        out.append(variant("grad", arch, dtype, 1, 1, "-", 32))
     return out
 
 

@@ -9,8 +9,8 @@
 #
 # <tag> is torch-<torch.__version__>-cp<XY>. A STAMP file next to the .so holds the sha256 of
 # csrc/ it was built from; `find` accepts the .so only when csrc/ still hashes the same.
-# build needs CUDA_HOME at the toolkit whose nvcc compiles (its lib64 holds the libcudart the
-# link asks for), e.g. CUDA_HOME=/usr/local/cuda-13.0 for torch 2.11.0+cu130.
+# build uses the CUDA toolkit of CUDA_HOME, else the one the nvcc on PATH belongs to (setup.py
+# asks nvcc); it must match torch's CUDA major version (13 for torch 2.11.0+cu130).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:?usage: cuda_ext.sh build|find PY}
@@ -28,7 +28,6 @@ case $cmd in
     fi
     ;;
   build)
-    : "${CUDA_HOME:?set CUDA_HOME to the CUDA toolkit of nvcc (e.g. /usr/local/cuda-13.0)}"
     "$PY" -c "import torch; assert torch.version.cuda, f'torch {torch.__version__} has no CUDA build'"
     dir=build/prebuilt/$(tag)
     tmp=$(mktemp -d)
@@ -44,7 +43,7 @@ case $cmd in
     {
       echo "csrc $(csrc_hash)"
       "$PY" -c "import platform, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version())"
-      echo "nvcc $("$CUDA_HOME"/bin/nvcc --version | tail -n 2 | head -n 1)"
+      echo "nvcc $("${CUDA_HOME:+$CUDA_HOME/bin/}nvcc" --version | tail -n 2 | head -n 1)"
       echo "built $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
     } > "$dir/STAMP"
     # Load it (no GPU needed) and ask the dispatcher which kernels latent_adam_ has.
@@ -56,8 +55,8 @@ keys = {k: torch._C._dispatch_has_kernel_for_dispatch_key(op, k) for k in ("CPU"
 print(f"loaded {sys.argv[1]}: {op} kernels {keys}")
 assert all(keys.values()), keys
 EOF
-    cuobjdump=$("$PY" -c "from triton import knobs; print(knobs.nvidia.cuobjdump.path)" 2>/dev/null || echo "$CUDA_HOME/bin/cuobjdump")
-    if [[ -x $cuobjdump ]]; then
+    cuobjdump=$("$PY" -c "from triton import knobs; print(knobs.nvidia.cuobjdump.path)" 2>/dev/null || command -v cuobjdump || true)
+    if [[ -n $cuobjdump && -x $cuobjdump ]]; then
       "$cuobjdump" --list-elf "$so" | tee -a "$dir/STAMP"
     fi
     cat "$dir/STAMP"

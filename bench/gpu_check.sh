@@ -104,10 +104,13 @@ if [[ $DEVICE == cuda ]]; then
       use_tree
     fi
   fi
+  # The dispatcher lists the op's kernels once the library is loaded (importing _C loads it).
   "$PY" -c "
-from latentseek_fast import _ext
-print('native ext:', _ext.ext_available(), '| cuda kernel:', _ext.ext_has_kernel('latent_adam_', 'cuda'),
-      '|', _ext.ext_unavailable_reason() or 'ok')
+import torch, latentseek_fast._C as C
+op = 'latentseek::latent_adam_'
+keys = {k: torch._C._dispatch_has_kernel_for_dispatch_key(op, k) for k in ('CPU', 'CUDA')}
+print('native op:', C.__file__, op, keys)
+assert all(keys.values()), keys
 " || FAILED+=("ext-check")
 
   # CUDA parity tests: the cuda-marked ones (exit 5 = none collected), then the op files (they run

@@ -50,8 +50,10 @@ def test_ci_subset_covers_every_code_path():
         assert {r["mode"] for r in sub} == modes, kernel
         assert {r["arch"] for r in sub} == {90, 80}, kernel
         assert {r["n"] for r in sub} == set(aot.N_CASES), kernel
-    # The full set is the whole product: 3 dtypes x 4 switch pairs x 3 N x (3 modes + grad) x 2 archs.
-    assert len(aot.full_set([90, 80])) == 3 * 4 * 3 * 4 * 2
+    # The full set: 3 dtypes x 4 switch pairs x 2 N x (3 modes + grad) x 2 archs, + 12 at N = 32.
+    full = aot.full_set([90, 80])
+    assert len(full) == 3 * 4 * 2 * 4 * 2 + 12
+    assert len({tuple(sorted(v.items())) for v in full}) == len(full)
 
 
 def test_kernels_compile_for_hopper_and_ampere(tmp_path):
