@@ -292,6 +292,20 @@ def write_csv(rows, out: Path):
             w.writerow(r)
 
 
+def _progress(row, done, total, partial: Path):
+    print(
+        f"[{done}/{total}] sm_{row['arch']} {row['kernel']} {row['dtype']} b={row['bias']} "
+        f"c={row['softcap']} {row['mode']} n={row['n']}: {verdict(row) or 'ok'} ({row['compile_s']} s)",
+        flush=True,
+    )
+    new = not partial.exists()
+    with open(partial, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
 def _worker_init(cache_dir):
     os.environ["TRITON_CACHE_DIR"] = cache_dir
 
@@ -327,11 +341,18 @@ def main(argv=None) -> int:
         cache = args.cache_dir or tmp_cache
         os.environ["TRITON_CACHE_DIR"] = cache
         t0 = time.perf_counter()
+        rows = []
+        # Rows are printed and saved (to OUT.partial) as they complete, so a run cut short keeps them.
+        partial = args.out.with_name(args.out.name + ".partial")
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(cache,)) as pool:
-                rows = list(pool.map(run_variant, variants))
+                for row in pool.map(run_variant, variants):
+                    rows.append(row)
+                    _progress(row, len(rows), len(variants), partial)
         else:
-            rows = [run_variant(v) for v in variants]
+            for v in variants:
+                rows.append(run_variant(v))
+                _progress(rows[-1], len(rows), len(variants), partial)
         wall = time.perf_counter() - t0
     failures = []
     head = f"{'arch':>5} {'kernel':6} {'dtype':9} {'b':1} {'c':1} {'mode':8} {'blocks':14} {'regs':>4} "
@@ -350,6 +371,7 @@ def main(argv=None) -> int:
         if why:
             failures.append(why)
     write_csv(rows, args.out)
+    partial.unlink(missing_ok=True)
     import triton
 
     print(

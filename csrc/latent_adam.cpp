@@ -325,19 +325,17 @@ void latent_adam_cpu(const at::Tensor& latents, const at::Tensor& exp_avg,
   if (latents.numel() == 0) {
     return;
   }
-  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto p_tag, auto d_tag,
-                                                                   auto use_master) {
-    using p_t = typename decltype(p_tag)::type;
-    using d_t = typename decltype(d_tag)::type;
-    Ptrs<p_t, d_t> a;
-    a.p = latents.data_ptr<p_t>();
-    a.master = use_master ? master->data_ptr<float>() : nullptr;
-    a.dir = direction.const_data_ptr<d_t>();
+  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto types) {
+    using T = decltype(types);
+    Ptrs<typename T::p_t, typename T::d_t> a;
+    a.p = latents.data_ptr<typename T::p_t>();
+    a.master = T::kMaster ? master->data_ptr<float>() : nullptr;
+    a.dir = direction.const_data_ptr<typename T::d_t>();
     a.m = exp_avg.data_ptr<float>();
     a.v = exp_avg_sq.data_ptr<float>();
     a.reward = reward.has_value() ? reward->const_data_ptr<float>() : nullptr;
     a.d = latents.size(1);
-    run_cpu<p_t, d_t, decltype(use_master)::value>(a, s, latents.numel());
+    run_cpu<typename T::p_t, typename T::d_t, T::kMaster>(a, s, latents.numel());
   });
 }
 

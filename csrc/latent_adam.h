@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <optional>
-#include <type_traits>
 
 namespace latentseek {
 
@@ -35,46 +34,41 @@ AdamScalars latent_adam_prepare(
     const std::optional<at::Tensor>& reward, double reward_scalar, int64_t step, double lr,
     double beta1, double beta2, double eps, double max_grad_norm);
 
-// A type carried as a value, so that a generic lambda (C++14; nvcc builds .cu files as C++17)
-// can receive the element types it is instantiated for.
-template <typename T>
-struct TypeTag {
-  using type = T;
+// The element types and master switch one kernel instantiation is for, carried as a value so a
+// generic lambda (C++14; nvcc builds .cu files as C++17) can receive them.
+template <typename P, typename D, bool kMasterV>
+struct LatentTypes {
+  using p_t = P;  // latents: float, c10::BFloat16 or c10::Half
+  using d_t = D;  // direction: float, or p_t for a low-precision direction
+  static constexpr bool kMaster = kMasterV;  // an fp32 master copy is given
 };
 
-// The single dtype switch of both kernels: calls
-//   fn(TypeTag<p_t>{}, TypeTag<d_t>{}, std::bool_constant<kMaster>{})
-// with p_t the latents' element type (float, c10::BFloat16, c10::Half), d_t the direction's
-// (float, or p_t for a low-precision direction; latent_adam_prepare allows no other) and
-// kMaster whether an fp32 master copy is given. Every supported combination is instantiated
-// here, once for the CPU and once for the CUDA translation unit.
+// The single dtype switch of both kernels: calls fn(LatentTypes<p_t, d_t, kMaster>{}) for the
+// latents' and direction's dtypes (latent_adam_prepare allows no other combination) and
+// whether a master is given. Every supported combination is instantiated here, once for the CPU
+// and once for the CUDA translation unit.
 template <typename Fn>
 void dispatch_latent_adam(const at::Tensor& latents, const at::Tensor& direction, bool has_master,
                           Fn&& fn) {
-  auto with_master = [&](auto p_tag, auto d_tag) {
+  const bool dir_f32 = direction.scalar_type() == at::kFloat;
+  auto with = [&](auto p_value, auto d_value) {
+    using P = decltype(p_value);
+    using D = decltype(d_value);
     if (has_master) {
-      fn(p_tag, d_tag, std::true_type{});
+      fn(LatentTypes<P, D, true>{});
     } else {
-      fn(p_tag, d_tag, std::false_type{});
-    }
-  };
-  auto with_direction = [&](auto p_tag) {
-    using p_t = typename decltype(p_tag)::type;
-    if (direction.scalar_type() == at::kFloat) {
-      with_master(p_tag, TypeTag<float>{});
-    } else {
-      with_master(p_tag, TypeTag<p_t>{});
+      fn(LatentTypes<P, D, false>{});
     }
   };
   switch (latents.scalar_type()) {
     case at::kFloat:
-      with_master(TypeTag<float>{}, TypeTag<float>{});
+      with(float{}, float{});
       break;
     case at::kBFloat16:
-      with_direction(TypeTag<c10::BFloat16>{});
+      dir_f32 ? with(c10::BFloat16{}, float{}) : with(c10::BFloat16{}, c10::BFloat16{});
       break;
     case at::kHalf:
-      with_direction(TypeTag<c10::Half>{});
+      dir_f32 ? with(c10::Half{}, float{}) : with(c10::Half{}, c10::Half{});
       break;
     default:
       TORCH_CHECK(false, "latent_adam_: unsupported latents dtype ", latents.scalar_type());

@@ -181,12 +181,10 @@ void latent_adam_cuda(const at::Tensor& latents, const at::Tensor& exp_avg,
     return;
   }
   const c10::cuda::CUDAGuard guard(latents.device());
-  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto p_tag, auto d_tag,
-                                                                   auto use_master) {
-    using p_t = typename decltype(p_tag)::type;
-    using d_t = typename decltype(d_tag)::type;
-    launch<p_t, d_t, decltype(use_master)::value>(latents, exp_avg, exp_avg_sq, master, direction,
-                                                   reward, s);
+  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto types) {
+    using T = decltype(types);
+    launch<typename T::p_t, typename T::d_t, T::kMaster>(latents, exp_avg, exp_avg_sq, master,
+                                                          direction, reward, s);
   });
 }
 

@@ -23,10 +23,12 @@ __all__ = ["KernelLaunch", "default_blocks", "interpreting", "num_sms", "operand
 # Measured with triton 3.9 there, bias + soft-cap + sample (the heaviest pass-1 variant):
 # - 16-bit, 64 x 128 x 64 at 4 warps: 255 registers and 364 spill instructions (sm_90); at 8
 #   warps 242 registers, no spill. 32 x 128 x 64 at 4 warps: 227 registers, no spill.
-# - fp32 (exact fp32 products, no tensor cores): 64 x 128 x 64 at 8 warps spills on both; 64 x 64
-#   x 32 at 8 warps holds 128 (pass 1) / 190 (pass 2) registers on sm_80, no spill.
-# BLOCK_M is the next power of two of N within [16, 64] (tl.dot needs >= 16 rows), so a seek's
-# few rows (N ~ 10..300) waste at most half a row block. Not tuned on a GPU yet:
+# - fp32 (exact fp32 products on the FMA units, no tensor cores): 64 x 128 x 64 at 8 warps spills
+#   on both; 64 x 64 x 32 at 8 warps is spill-free with triton 3.9 but spills with triton 3.6
+#   (sm_90, pass 1 with sampling or teacher tokens); 32 x 64 x 32 at 8 warps is spill-free with
+#   both (triton 3.6: 128 registers in pass 1, 64..80 in pass 2).
+# BLOCK_M is the next power of two of N within [16, 64] (fp32: [16, 32]; tl.dot needs >= 16
+# rows), so a seek's few rows (N ~ 10..300) waste at most half a row block. Not tuned on a GPU yet:
 # bench/autotune.py times the spill-free alternatives that aot_check lists (--subset tune).
 MIN_BLOCK_M = 16
 MAX_BLOCK_M = 64
@@ -36,7 +38,7 @@ def default_blocks(n: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` for ``n`` rows of ``dtype``, shared by both passes."""
     bm = max(MIN_BLOCK_M, min(MAX_BLOCK_M, triton.next_power_of_2(max(int(n), 1))))
     if dtype == torch.float32:
-        return bm, 64, 32, 8
+        return min(bm, 32), 64, 32, 8
     return bm, 128, 64, 4 if bm <= 32 else 8
 
 
@@ -176,3 +178,61 @@ def logits_tile(
         w = load_k_tile(w_ptr, cols, col_ok, k0, D, stride_wv, stride_wk, BLOCK_K, UPCAST)
         acc = dot_acc(h, tl.trans(w), acc, IEEE)
     return acc
+
+
+@triton.jit
+def head_tile(
+    h_ptr,  # [N, D] hidden base pointer (storage dtype)
+    w_ptr,  # [V, D] weight base pointer (storage dtype)
+    b_ptr,  # [V] bias (any float dtype); unused unless HAS_BIAS
+    rows,  # [BLOCK_M] int64 row ids
+    cols,  # [BLOCK_N] int64 vocabulary ids
+    col_ok,  # [BLOCK_N] ids this program owns (bias mask)
+    N,  # number of rows
+    V,  # vocabulary size
+    D,  # hidden size
+    stride_hn,  # hidden row stride (elements)
+    stride_hk,  # hidden column stride (elements)
+    stride_wv,  # weight row stride (elements)
+    stride_wk,  # weight column stride (elements)
+    stride_b,  # bias stride (elements)
+    softcap,  # logit soft-cap c (HAS_SOFTCAP)
+    HAS_BIAS: tl.constexpr,  # add the bias
+    HAS_SOFTCAP: tl.constexpr,  # l = c * tanh(l / c)
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # vocabulary ids per tile
+    BLOCK_K: tl.constexpr,  # hidden-dim step of the reduction loop
+    UPCAST: tl.constexpr,  # fp32 tiles before tl.dot
+    IEEE: tl.constexpr,  # exact fp32 tl.dot
+):
+    """The LM head's fp32 logits tile ``l`` (bias added, soft-capped) and ``tanh(l_raw / c)``.
+
+    Both passes start from it; the second value is the soft-cap's chain-rule input (pass 2
+    uses ``1 - t^2``) and is all zeros without a soft-cap (pass 1 drops it).
+    """
+    lraw = logits_tile(
+        h_ptr,
+        w_ptr,
+        rows,
+        cols,
+        N,
+        V,
+        D,
+        stride_hn,
+        stride_hk,
+        stride_wv,
+        stride_wk,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        UPCAST,
+        IEEE,
+    )
+    if HAS_BIAS:
+        b = tl.load(b_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
+        lraw = lraw + b[None, :]
+    t = tl.zeros_like(lraw)
+    if HAS_SOFTCAP:
+        t = tanh_f32(lraw / softcap)
+        lraw = softcap * t
+    return lraw, t

@@ -17,11 +17,10 @@ from ._common import (
     KernelLaunch,
     default_blocks,
     gumbel_tile,
-    logits_tile,
+    head_tile,
     num_sms,
     operand_modes,
     seed_arg,
-    tanh_f32,
 )
 
 
@@ -82,11 +81,13 @@ def _lpg_fwd_kernel(
     for v0 in range(v_start, v_end, BLOCK_N):
         cols = v0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < v_end
-        lraw = logits_tile(
+        lraw, _ = head_tile(
             h_ptr,
             w_ptr,
+            b_ptr,
             rows,
             cols,
+            col_ok,
             N,
             V,
             D,
@@ -94,17 +95,16 @@ def _lpg_fwd_kernel(
             stride_hk,
             stride_wv,
             stride_wk,
+            stride_b,
+            softcap,
+            HAS_BIAS,
+            HAS_SOFTCAP,
             BLOCK_M,
             BLOCK_N,
             BLOCK_K,
             UPCAST,
             IEEE,
         )
-        if HAS_BIAS:
-            b = tl.load(b_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
-            lraw = lraw + b[None, :]
-        if HAS_SOFTCAP:
-            lraw = softcap * tanh_f32(lraw / softcap)
         s = tl.where(col_ok[None, :], lraw * inv_temp, neg_inf)
         c_max = tl.max(s, 1)
         c_idx = tl.min(tl.where(s == c_max[:, None], cols[None, :], big), 1)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelLaunch, default_blocks, dot_acc, load_k_tile, logits_tile, operand_modes, tanh_f32
+from ._common import KernelLaunch, default_blocks, dot_acc, head_tile, load_k_tile, operand_modes
 
 
 @triton.jit
@@ -51,11 +51,13 @@ def _lpg_grad_kernel(
     cols = pid_v * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_ok = rows < N
     col_ok = cols < V
-    lraw = logits_tile(
+    lraw, t = head_tile(
         h_ptr,
         w_ptr,
+        b_ptr,
         rows,
         cols,
+        col_ok,
         N,
         V,
         D,
@@ -63,18 +65,16 @@ def _lpg_grad_kernel(
         stride_hk,
         stride_wv,
         stride_wk,
+        stride_b,
+        softcap,
+        HAS_BIAS,
+        HAS_SOFTCAP,
         BLOCK_M,
         BLOCK_N,
         BLOCK_K,
         UPCAST,
         IEEE,
     )
-    if HAS_BIAS:
-        b = tl.load(b_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
-        lraw = lraw + b[None, :]
-    if HAS_SOFTCAP:
-        t = tanh_f32(lraw / softcap)
-        lraw = softcap * t
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     rt = tl.load(rt_ptr + rows, mask=row_ok, other=0.0)  # 0 on padded rows: coef vanishes
     tok = tl.load(tok_ptr + rows, mask=row_ok, other=-1)
