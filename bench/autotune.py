@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         glaunch.run()
         g_scale = float(g_ref.abs().max()) or 1.0
         for kernel, flops_per in (("fwd", 2), ("grad", 4)):
-            default = default_blocks(n, dtype)
+            default = default_blocks(n, dtype, grad=kernel == "grad")
             cands = [default] + [
                 c for c in candidates(args.aot, arch, kernel, triton.__version__) if c != default
             ]

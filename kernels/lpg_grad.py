@@ -95,12 +95,12 @@ def _lpg_grad_kernel(
 def grad_launch(hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperature, *, blocks=None):
     """Pass 2's launch and its zeroed fp32 [N, d] gradient, without running it.
 
-    ``blocks`` defaults to ``default_blocks(N, dtype)``. Returns ``(KernelLaunch, grad)``.
+    ``blocks`` defaults to ``default_blocks(N, dtype, grad=True)``. Returns ``(KernelLaunch, grad)``.
     """
     n, d = hidden.shape
     v = weight.shape[0]
     grad = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
-    bm, bn, bk, warps = blocks if blocks is not None else default_blocks(n, hidden.dtype)
+    bm, bn, bk, warps = blocks if blocks is not None else default_blocks(n, hidden.dtype, grad=True)
     b_arg = bias if bias is not None else hidden
     args = (
         hidden,
