@@ -9,11 +9,14 @@ it needs (pybind11's included) ship with torch.
 Environment switches:
 - ``LATENTSEEK_NO_EXT=1``: skip the native build (the package falls back to torch).
 - ``USE_CUDA=auto|0|1``: build the CUDA op (``auto``: when CUDA torch and nvcc exist).
+- ``CUDA_HOME``: the toolkit to build with (default: the one the ``nvcc`` on PATH belongs to).
+- ``TORCH_CUDA_ARCH_LIST``: GPU architectures, e.g. ``"8.0;9.0"`` (read by torch's builder).
 - ``MAX_JOBS``: parallel compile jobs (read by torch's ninja builder).
 """
 
 import os
 import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -27,10 +30,44 @@ PACKAGES = [
 PACKAGE_DIR = {"latentseek_fast.kernels": "kernels"}
 
 
+def _nvcc_toolkit():
+    """The CUDA toolkit root of the ``nvcc`` on PATH, as nvcc itself reports it, or None.
+
+    torch's builder takes CUDA_HOME as the parent of nvcc's folder, which is wrong for a wrapper
+    script (e.g. /usr/local/bin/nvcc exec-ing /usr/local/cuda-13.0/bin/nvcc): the link then
+    fails with "cannot find -lcudart". ``nvcc --dryrun`` prints the real root as ``TOP=``.
+    """
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            top = os.path.realpath(line.split("=", 1)[1].strip())
+            if os.path.isdir(os.path.join(top, "include")):
+                return top
+    return None
+
+
 def _extensions():
     """The native op's extension list and build command class, or nothing."""
     if os.environ.get("LATENTSEEK_NO_EXT", "0") == "1":
         return [], {}
+    use_cuda = os.environ.get("USE_CUDA", "auto").lower()
+    if use_cuda not in ("auto", "0", "1"):
+        raise ValueError(f"USE_CUDA={use_cuda!r}: allowed values are auto, 0, 1")
+    if use_cuda != "0" and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        toolkit = _nvcc_toolkit()  # before cpp_extension is imported: it reads CUDA_HOME once
+        if toolkit is not None:
+            os.environ["CUDA_HOME"] = toolkit
     try:
         import torch
         from torch.utils import cpp_extension
@@ -39,9 +76,6 @@ def _extensions():
         print("latentseek-fast: torch is not importable at build time; skipping the native op")
         return [], {}
 
-    use_cuda = os.environ.get("USE_CUDA", "auto").lower()
-    if use_cuda not in ("auto", "0", "1"):
-        raise ValueError(f"USE_CUDA={use_cuda!r}: allowed values are auto, 0, 1")
     cuda_ok = torch.version.cuda is not None and (
         cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
     )

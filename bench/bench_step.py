@@ -1,6 +1,6 @@
 """One latent step per provider: tokens + gradient + Adam update + greedy re-decode of N latents.
 
-Every provider does the same work per call (LATENTSEEK.md section 2, one iteration's latent
+Every provider does the same work per call (docs/algorithm.md: one seek iteration's latent
 part) on a random LM head ``W [V, d]`` and random latents ``[N, d]``, reward -1, lr 0.03:
 
 - ``reference``: the research code's way: full logits, ``softmax + 1e-8``, argmax tokens,
@@ -243,7 +243,7 @@ def bench_one(provider, shape, n, dtype, device, args, peaks, ref) -> dict:
     except Skip as exc:
         row["status"] = f"skipped: {exc}"
         return row
-    except Exception as exc:  # a provider failing here (e.g. compile on this machine) is a result
+    except Exception as exc:  # a provider failing here (e.g. torch.compile without a C compiler) is a result
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return row
     row["note"] = note

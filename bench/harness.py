@@ -14,8 +14,9 @@
 - Every CSV row carries the machine, the torch/triton/transformers versions, the git commit and
   the run's start time (``run``: the rows of one invocation share it).
 - Ceilings: ``measure_peaks`` times one large matrix product and one large copy on the device
-  (METHOD.md: measured ceilings, not datasheet ones) and ``roofline`` turns a row's FLOPs and
-  bytes into TFLOP/s, GB/s and percentages of those ceilings.
+  (measured ceilings, not datasheet ones: bench/README.md, "Roofline columns") and
+  ``roofline`` turns a row's FLOPs and bytes into TFLOP/s, GB/s and percentages of those
+  ceilings.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def measure_peaks(
     """Measured ceilings of this device: a matrix product's TFLOP/s and a copy's GB/s.
 
     - GEMM: ``gemm_n``-cubed product of random ``dtype`` matrices (2 n^3 FLOPs), median of
-      ``repeats`` after a warm-up (random data: zeros run faster on some GPUs, METHOD.md).
+      ``repeats`` after a warm-up (random data: a GPU's product of zeros draws less power and
+      runs faster; bench/README.md).
     - Copy: ``dst.copy_(src)`` of ``copy_mib`` MiB, counting bytes read plus bytes written.
     Defaults: 8192 / 2048 MiB / 10 on CUDA, 1536 / 256 MiB / 3 on CPU (a few seconds on 2 cores).
     """

@@ -312,26 +312,6 @@ void run_cpu(const Ptrs<p_t, d_t>& a, const AdamScalars& s, int64_t numel) {
   });
 }
 
-template <typename p_t, typename d_t>
-void dispatch_master(const at::Tensor& latents, const at::Tensor& exp_avg,
-                     const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
-                     const at::Tensor& direction, const std::optional<at::Tensor>& reward,
-                     const AdamScalars& s) {
-  Ptrs<p_t, d_t> a;
-  a.p = latents.data_ptr<p_t>();
-  a.master = master.has_value() ? master->data_ptr<float>() : nullptr;
-  a.dir = direction.const_data_ptr<d_t>();
-  a.m = exp_avg.data_ptr<float>();
-  a.v = exp_avg_sq.data_ptr<float>();
-  a.reward = reward.has_value() ? reward->const_data_ptr<float>() : nullptr;
-  a.d = latents.size(1);
-  if (master.has_value()) {
-    run_cpu<p_t, d_t, true>(a, s, latents.numel());
-  } else {
-    run_cpu<p_t, d_t, false>(a, s, latents.numel());
-  }
-}
-
 void latent_adam_cpu(const at::Tensor& latents, const at::Tensor& exp_avg,
                      const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
                      const at::Tensor& direction, const std::optional<at::Tensor>& reward,
@@ -345,32 +325,18 @@ void latent_adam_cpu(const at::Tensor& latents, const at::Tensor& exp_avg,
   if (latents.numel() == 0) {
     return;
   }
-  const bool dir_f32 = direction.scalar_type() == at::kFloat;
-  switch (latents.scalar_type()) {
-    case at::kFloat:
-      dispatch_master<float, float>(latents, exp_avg, exp_avg_sq, master, direction, reward, s);
-      break;
-    case at::kBFloat16:
-      if (dir_f32) {
-        dispatch_master<c10::BFloat16, float>(latents, exp_avg, exp_avg_sq, master, direction,
-                                              reward, s);
-      } else {
-        dispatch_master<c10::BFloat16, c10::BFloat16>(latents, exp_avg, exp_avg_sq, master,
-                                                      direction, reward, s);
-      }
-      break;
-    case at::kHalf:
-      if (dir_f32) {
-        dispatch_master<c10::Half, float>(latents, exp_avg, exp_avg_sq, master, direction,
-                                          reward, s);
-      } else {
-        dispatch_master<c10::Half, c10::Half>(latents, exp_avg, exp_avg_sq, master, direction,
-                                              reward, s);
-      }
-      break;
-    default:
-      TORCH_CHECK(false, "latent_adam_: unsupported latents dtype ", latents.scalar_type());
-  }
+  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto types) {
+    using T = decltype(types);
+    Ptrs<typename T::p_t, typename T::d_t> a;
+    a.p = latents.data_ptr<typename T::p_t>();
+    a.master = T::kMaster ? master->data_ptr<float>() : nullptr;
+    a.dir = direction.const_data_ptr<typename T::d_t>();
+    a.m = exp_avg.data_ptr<float>();
+    a.v = exp_avg_sq.data_ptr<float>();
+    a.reward = reward.has_value() ? reward->const_data_ptr<float>() : nullptr;
+    a.d = latents.size(1);
+    run_cpu<typename T::p_t, typename T::d_t, T::kMaster>(a, s, latents.numel());
+  });
 }
 
 }  // namespace

@@ -168,18 +168,6 @@ void launch(const at::Tensor& latents, const at::Tensor& exp_avg, const at::Tens
   }
 }
 
-template <typename p_t, typename d_t>
-void launch_master(const at::Tensor& latents, const at::Tensor& exp_avg,
-                   const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
-                   const at::Tensor& direction, const std::optional<at::Tensor>& reward,
-                   const AdamScalars& s) {
-  if (master.has_value()) {
-    launch<p_t, d_t, true>(latents, exp_avg, exp_avg_sq, master, direction, reward, s);
-  } else {
-    launch<p_t, d_t, false>(latents, exp_avg, exp_avg_sq, master, direction, reward, s);
-  }
-}
-
 void latent_adam_cuda(const at::Tensor& latents, const at::Tensor& exp_avg,
                       const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& master,
                       const at::Tensor& direction, const std::optional<at::Tensor>& reward,
@@ -193,32 +181,11 @@ void latent_adam_cuda(const at::Tensor& latents, const at::Tensor& exp_avg,
     return;
   }
   const c10::cuda::CUDAGuard guard(latents.device());
-  const bool dir_f32 = direction.scalar_type() == at::kFloat;
-  switch (latents.scalar_type()) {
-    case at::kFloat:
-      launch_master<float, float>(latents, exp_avg, exp_avg_sq, master, direction, reward, s);
-      break;
-    case at::kBFloat16:
-      if (dir_f32) {
-        launch_master<c10::BFloat16, float>(latents, exp_avg, exp_avg_sq, master, direction,
-                                            reward, s);
-      } else {
-        launch_master<c10::BFloat16, c10::BFloat16>(latents, exp_avg, exp_avg_sq, master,
-                                                    direction, reward, s);
-      }
-      break;
-    case at::kHalf:
-      if (dir_f32) {
-        launch_master<c10::Half, float>(latents, exp_avg, exp_avg_sq, master, direction, reward,
-                                        s);
-      } else {
-        launch_master<c10::Half, c10::Half>(latents, exp_avg, exp_avg_sq, master, direction,
-                                            reward, s);
-      }
-      break;
-    default:
-      TORCH_CHECK(false, "latent_adam_: unsupported latents dtype ", latents.scalar_type());
-  }
+  dispatch_latent_adam(latents, direction, master.has_value(), [&](auto types) {
+    using T = decltype(types);
+    launch<typename T::p_t, typename T::d_t, T::kMaster>(latents, exp_avg, exp_avg_sq, master,
+                                                          direction, reward, s);
+  });
 }
 
 }  // namespace

@@ -13,7 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import gumbel_tile, interpreting, logits_tile, num_sms, tanh_f32
+from ._common import (
+    KernelLaunch,
+    default_blocks,
+    gumbel_tile,
+    head_tile,
+    num_sms,
+    operand_modes,
+    seed_arg,
+)
 
 
 @triton.jit(do_not_specialize=["seed_key"])
@@ -40,7 +48,7 @@ def _lpg_fwd_kernel(
     v_per_split,  # vocabulary ids per split, a multiple of BLOCK_N
     softcap,  # logit soft-cap c (HAS_SOFTCAP)
     inv_temp,  # 1 / temperature
-    seed_key,  # 32-bit key of the seed (gumbel.seed_key), passed as a non-negative int
+    seed_key,  # 32-bit key of the seed (gumbel.seed_key), passed as int32 (_common.seed_arg)
     HAS_BIAS: tl.constexpr,  # add the bias
     HAS_SOFTCAP: tl.constexpr,  # l = c * tanh(l / c)
     SAMPLE: tl.constexpr,  # track the Gumbel-max
@@ -73,11 +81,13 @@ def _lpg_fwd_kernel(
     for v0 in range(v_start, v_end, BLOCK_N):
         cols = v0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < v_end
-        lraw = logits_tile(
+        lraw, _ = head_tile(
             h_ptr,
             w_ptr,
+            b_ptr,
             rows,
             cols,
+            col_ok,
             N,
             V,
             D,
@@ -85,17 +95,16 @@ def _lpg_fwd_kernel(
             stride_hk,
             stride_wv,
             stride_wk,
+            stride_b,
+            softcap,
+            HAS_BIAS,
+            HAS_SOFTCAP,
             BLOCK_M,
             BLOCK_N,
             BLOCK_K,
             UPCAST,
             IEEE,
         )
-        if HAS_BIAS:
-            b = tl.load(b_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
-            lraw = lraw + b[None, :]
-        if HAS_SOFTCAP:
-            lraw = softcap * tanh_f32(lraw / softcap)
         s = tl.where(col_ok[None, :], lraw * inv_temp, neg_inf)
         c_max = tl.max(s, 1)
         c_idx = tl.min(tl.where(s == c_max[:, None], cols[None, :], big), 1)
@@ -127,28 +136,35 @@ def _lpg_fwd_kernel(
         tl.store(ts_ptr + out, ts, mask=row_ok)
 
 
-def _blocks(n: int, dtype: torch.dtype):
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)``. Untuned H100/H200 starting point (no GPU was
-    available to measure): 64x128 logits tiles with a 64-wide d step keep two fp32 tiles plus
-    the bf16 operands in registers at 4 warps; BLOCK_M shrinks for small N (tl.dot needs >= 16)."""
-    bm = max(16, min(64, triton.next_power_of_2(max(n, 1))))
-    return bm, 128, 64, 4
+def fwd_launch(
+    hidden,
+    weight,
+    bias,
+    tokens,
+    softcap,
+    temperature,
+    mode,
+    seed_key,
+    num_splits=None,
+    *,
+    sms=None,
+    blocks=None,
+):
+    """Pass 1's launch and its ``[S, N]`` partial buffers, without running it.
 
-
-def lpg_forward(hidden, weight, bias, tokens, softcap, temperature, mode, seed_key, num_splits=None):
-    """Pass 1. Returns ``(tokens, logprob, lse, argmax)`` (int64, fp32, fp32, int64; all [N]).
-
-    ``num_splits`` overrides the V split count (default: enough programs for ~4 waves of SMs).
-    Inputs are validated by ``latent_policy_grad``.
+    ``sms`` defaults to the device's multiprocessor count, ``blocks`` to
+    ``default_blocks(N, dtype)`` (an autotune passes others). Returns ``(KernelLaunch, partials)`` with
+    ``partials`` the dict that :func:`combine` reads.
     """
     n, d = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
-    bm, bn, bk, warps = _blocks(n, hidden.dtype)
+    bm, bn, bk, warps = blocks if blocks is not None else default_blocks(n, hidden.dtype)
     row_blocks = triton.cdiv(n, bm)
     tiles = triton.cdiv(v, bn)
     if num_splits is None:
-        num_splits = max(1, (4 * num_sms(dev)) // row_blocks)
+        # About 4 waves of programs: a seek's few row blocks alone cannot fill the SMs.
+        num_splits = max(1, (4 * (sms if sms is not None else num_sms(dev))) // row_blocks)
     num_splits = max(1, min(int(num_splits), tiles))
     v_per_split = triton.cdiv(tiles, num_splits) * bn
     num_splits = triton.cdiv(v, v_per_split)
@@ -166,8 +182,7 @@ def lpg_forward(hidden, weight, bias, tokens, softcap, temperature, mode, seed_k
     ts = torch.empty(num_splits, n, **f32) if has_tokens else m
     tok_arg = tokens.to(torch.int64).contiguous() if has_tokens else amax
     b_arg = bias if bias is not None else hidden
-    interp = interpreting()
-    _lpg_fwd_kernel[(row_blocks, num_splits)](
+    args = (
         hidden,
         weight,
         b_arg,
@@ -190,29 +205,55 @@ def lpg_forward(hidden, weight, bias, tokens, softcap, temperature, mode, seed_k
         v_per_split,
         float(softcap) if softcap is not None else 1.0,
         1.0 / temperature,
-        int(seed_key),
+        seed_arg(seed_key),
+    )
+    meta = dict(
         HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None,
         SAMPLE=sample,
         HAS_TOKENS=has_tokens,
-        UPCAST=interp or hidden.dtype == torch.float32,
-        IEEE=hidden.dtype == torch.float32 and not interp,
+        **operand_modes(hidden.dtype),
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
         num_warps=warps,
     )
+    partials = dict(m=m, se=se, amax=amax, gval=gval, gidx=gidx, gs=gs, ts=ts, tokens=tok_arg)
+    partials.update(sample=sample, has_tokens=has_tokens)
+    return KernelLaunch(_lpg_fwd_kernel, (row_blocks, num_splits), args, meta), partials
+
+
+def lpg_forward(
+    hidden, weight, bias, tokens, softcap, temperature, mode, seed_key, num_splits=None, blocks=None
+):
+    """Pass 1. Returns ``(tokens, logprob, lse, argmax)`` (int64, fp32, fp32, int64; all [N]).
+
+    ``num_splits`` overrides the V split count (default: enough programs for ~4 waves of SMs),
+    ``blocks`` the ``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` choice.
+    Inputs are validated by ``latent_policy_grad``.
+    """
+    launch, p = fwd_launch(
+        hidden, weight, bias, tokens, softcap, temperature, mode, seed_key, num_splits, blocks=blocks
+    )
+    launch.run()
+    return combine(p)
+
+
+def combine(p):
+    """``(tokens, logprob, lse, argmax)`` from pass 1's ``[S, N]`` partials."""
+    m, se, amax = p["m"], p["se"], p["amax"]
     # Combine the [S, N] partials (tiny): lse by log-sum-exp of split sums, argmax by the first
     # split holding the global max (splits are in V order, so the lowest index wins ties).
     m_all = m.max(dim=0).values
     lse = m_all + torch.log((se * torch.exp(m - m_all)).sum(dim=0))
     best_split = torch.argmax(m, dim=0, keepdim=True)
     argmax = amax.gather(0, best_split).squeeze(0)
-    if has_tokens:
-        tok, s_tok = tok_arg, ts.sum(dim=0)
-    elif sample:
-        g_split = torch.argmax(gval, dim=0, keepdim=True)
-        tok, s_tok = gidx.gather(0, g_split).squeeze(0), gs.gather(0, g_split).squeeze(0)
+    if p["has_tokens"]:
+        tok, s_tok = p["tokens"], p["ts"].sum(dim=0)
+    elif p["sample"]:
+        g_split = torch.argmax(p["gval"], dim=0, keepdim=True)
+        tok = p["gidx"].gather(0, g_split).squeeze(0)
+        s_tok = p["gs"].gather(0, g_split).squeeze(0)
     else:
         tok, s_tok = argmax, m_all
     return tok, s_tok - lse, lse, argmax

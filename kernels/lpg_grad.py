@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, logits_tile, tanh_f32
+from ._common import KernelLaunch, default_blocks, dot_acc, head_tile, load_k_tile, operand_modes
 
 
 @triton.jit
@@ -51,11 +51,13 @@ def _lpg_grad_kernel(
     cols = pid_v * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_ok = rows < N
     col_ok = cols < V
-    lraw = logits_tile(
+    lraw, t = head_tile(
         h_ptr,
         w_ptr,
+        b_ptr,
         rows,
         cols,
+        col_ok,
         N,
         V,
         D,
@@ -63,18 +65,16 @@ def _lpg_grad_kernel(
         stride_hk,
         stride_wv,
         stride_wk,
+        stride_b,
+        softcap,
+        HAS_BIAS,
+        HAS_SOFTCAP,
         BLOCK_M,
         BLOCK_N,
         BLOCK_K,
         UPCAST,
         IEEE,
     )
-    if HAS_BIAS:
-        b = tl.load(b_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
-        lraw = lraw + b[None, :]
-    if HAS_SOFTCAP:
-        t = tanh_f32(lraw / softcap)
-        lraw = softcap * t
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     rt = tl.load(rt_ptr + rows, mask=row_ok, other=0.0)  # 0 on padded rows: coef vanishes
     tok = tl.load(tok_ptr + rows, mask=row_ok, other=-1)
@@ -86,40 +86,23 @@ def _lpg_grad_kernel(
     if not UPCAST:
         coef = coef.to(w_ptr.dtype.element_ty)  # tensor-core operand; fp32 accumulation below
     for k0 in range(0, D, BLOCK_K):
+        w = load_k_tile(w_ptr, cols, col_ok, k0, D, stride_wv, stride_wk, BLOCK_K, UPCAST)
+        part = dot_acc(coef, w, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), IEEE)
         ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_ok = ks < D
-        w = tl.load(
-            w_ptr + cols[:, None] * stride_wv + ks[None, :] * stride_wk,
-            mask=col_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        if UPCAST:
-            w = w.to(tl.float32)
-        if IEEE:
-            part = tl.dot(coef, w, input_precision="ieee")
-        else:
-            part = tl.dot(coef, w)
-        tl.atomic_add(g_ptr + rows[:, None] * D + ks[None, :], part, mask=row_ok[:, None] & k_ok[None, :])
+        tl.atomic_add(g_ptr + rows[:, None] * D + ks[None, :], part, mask=row_ok[:, None] & (ks < D)[None, :])
 
 
-def _blocks(n: int):
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)``; untuned H100/H200 starting point, as in pass 1."""
-    bm = max(16, min(64, triton.next_power_of_2(max(n, 1))))
-    return bm, 128, 64, 4
+def grad_launch(hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperature, *, blocks=None):
+    """Pass 2's launch and its zeroed fp32 [N, d] gradient, without running it.
 
-
-def lpg_grad(hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperature):
-    """Pass 2: the fp32 [N, d] gradient of ``-sum_n r_n log pi_n[tok_n]`` w.r.t. hidden.
-
-    ``tokens`` [N] int64, ``lse`` [N] fp32 from pass 1, ``reward_over_t`` [N] fp32 = r / T.
+    ``blocks`` defaults to ``default_blocks(N, dtype, grad=True)``. Returns ``(KernelLaunch, grad)``.
     """
     n, d = hidden.shape
     v = weight.shape[0]
     grad = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
-    bm, bn, bk, warps = _blocks(n)
-    interp = interpreting()
+    bm, bn, bk, warps = blocks if blocks is not None else default_blocks(n, hidden.dtype, grad=True)
     b_arg = bias if bias is not None else hidden
-    _lpg_grad_kernel[(triton.cdiv(n, bm), triton.cdiv(v, bn))](
+    args = (
         hidden,
         weight,
         b_arg,
@@ -137,13 +120,27 @@ def lpg_grad(hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperat
         bias.stride(0) if bias is not None else 0,
         float(softcap) if softcap is not None else 1.0,
         1.0 / temperature,
+    )
+    meta = dict(
         HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None,
-        UPCAST=interp or hidden.dtype == torch.float32,
-        IEEE=hidden.dtype == torch.float32 and not interp,
+        **operand_modes(hidden.dtype),
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
         num_warps=warps,
     )
+    return KernelLaunch(_lpg_grad_kernel, (triton.cdiv(n, bm), triton.cdiv(v, bn)), args, meta), grad
+
+
+def lpg_grad(hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperature, blocks=None):
+    """Pass 2: the fp32 [N, d] gradient of ``-sum_n r_n log pi_n[tok_n]`` w.r.t. hidden.
+
+    ``tokens`` [N] int64, ``lse`` [N] fp32 from pass 1, ``reward_over_t`` [N] fp32 = r / T;
+    ``blocks`` overrides the ``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` choice.
+    """
+    launch, grad = grad_launch(
+        hidden, weight, bias, tokens, lse, reward_over_t, softcap, temperature, blocks=blocks
+    )
+    launch.run()
     return grad

@@ -7,18 +7,21 @@ unusable choice raises the same error. Nothing here imports Triton or probes a G
 
 from __future__ import annotations
 
-import os
-
 from ._util import say_once
+from .kernels import interpreting  # the kernels' own test; that package file imports no triton
+
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "check_backend",
+    "interpreting",
+    "resolve_backend",
+    "triton_unavailable_reason",
+]
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 # How the gradient's tokens are chosen: argmax (the research code) or Gumbel-max sampling.
 MODES = ("greedy", "sample")
-
-
-def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1``: Triton kernels then run in its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def triton_unavailable_reason(device) -> str | None:
