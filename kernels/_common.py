@@ -26,7 +26,8 @@ __all__ = ["KernelLaunch", "default_blocks", "interpreting", "num_sms", "operand
 # - fp32 (exact fp32 products on the FMA units, no tensor cores): 64 x 128 x 64 at 8 warps spills
 #   on both; 64 x 64 x 32 at 8 warps is spill-free with triton 3.9 but spills with triton 3.6
 #   (sm_90, pass 1 with sampling or teacher tokens); 32 x 64 x 32 at 8 warps is spill-free with
-#   both (triton 3.6: 128 registers in pass 1, 64..80 in pass 2).
+#   triton 3.6 (128 registers in pass 1, 64..80 in pass 2), but with triton 3.9 pass 1 with
+#   sampling still spills 2-4 instructions (open; bench/README.md).
 # BLOCK_M is the next power of two of N within [16, 64] (fp32: [16, 32]; tl.dot needs >= 16
 # rows), so a seek's few rows (N ~ 10..300) waste at most half a row block. Not tuned on a GPU yet:
 # bench/autotune.py times the spill-free alternatives that aot_check lists (--subset tune).
