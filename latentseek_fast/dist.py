@@ -284,23 +284,10 @@ def merge_shards(out: str | os.PathLike, expected: Iterable[int] = ()) -> list[d
             f"on several nodes --out must be on a file system that every node shares"
         )
     os.replace(tmp, out)
-    _fsync_dir(out)
+    results.fsync_dir(out)
     for p in shards:
         os.unlink(p)
     return rows
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory
-    finally:
-        os.close(fd)
 
 
 @dataclass

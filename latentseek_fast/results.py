@@ -185,7 +185,8 @@ def _lock(fd: int, path: str) -> None:
         ) from None
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync the directory holding ``path``, so that a created, renamed or removed entry is durable."""
     try:
         dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:
@@ -241,7 +242,7 @@ class ResultsWriter:
             self._fd = -1
             raise
         if self._created:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         self.rows = rows
         self.done = {r["index"] for r in rows}
 
@@ -369,5 +370,5 @@ def merge(shards: Iterable[str | os.PathLike], out: str | os.PathLike) -> list[d
         raise ResultsError(f"{out} exists: merge writes a new file; choose another or remove it") from None
     finally:
         os.unlink(tmp)
-    _fsync_dir(out)
+    fsync_dir(out)
     return rows
