@@ -29,8 +29,9 @@ __all__ = ["KernelLaunch", "default_blocks", "interpreting", "num_sms", "operand
 #   live values) at BLOCK_K 32 and 8 warps: 16 x 64 spills 4 at 64 registers (3.9, both archs),
 #   32 x 64 spills 2-4 at 128 (3.9, sm_90); 4 warps instead is no cure (16 x 64 x 32: 2 spills at
 #   96 registers, sm_80, 3.9; 32 x 64 x 32: 3 spills at 128, sm_80, 3.6). BLOCK_K 16 halves the
-#   operand tiles: 16 x 64 x 16 takes 70-80 registers, 32 x 64 x 16 105-128, no spill in any
-#   variant on either arch with either version. Pass 2 keeps BLOCK_K 32 (64..80 registers).
+#   operand tiles: pass 1 at 16 x 64 x 16 / 8 warps takes 60-88 registers, at 32 x 64 x 16 / 8
+#   warps 80-128 (sampling 103-128), no spill in any variant on either arch with either version.
+#   Pass 2 keeps 64 x 32 / 8 warps (64-80 registers, no spill).
 MIN_BLOCK_M = 16
 MAX_BLOCK_M = 64
 
