@@ -22,10 +22,12 @@ test suite; ``--subset tune`` adds the non-default bf16 configurations that
 
 Exit status 1 on a compile error, on a spill in a default configuration, on shared memory above
 the architecture's per-block limit, or on a 16-bit variant without tensor-core instructions.
-Rows go to ``bench/results/aot.csv`` (rows of other triton versions already there are kept).
+Rows go to ``bench/results/aot.csv``, replacing the rows of the same variants and triton version
+(the rows of other versions, and of variants not run, are kept).
 
     python bench/aot_check.py                      # full set, both architectures
     python bench/aot_check.py --subset ci --out /tmp/aot.csv
+    python bench/aot_check.py --subset full --dtype float32    # the fp32 default variants only
 """
 
 from __future__ import annotations
@@ -122,12 +124,14 @@ def full_set(archs):
 
 def ci_set(archs):
     """A covering subset: each dtype, switch value, mode, BLOCK_M and architecture at least once
-    per pass (7 compiles)."""
+    per pass, plus fp32 pass-1 sampling at 16 rows on sm_80, the variant nearest a spill (ptxas
+    held 16 x 64 x 32 at 64 registers and spilled; bench/results/aot.csv) (8 compiles)."""
     a90, a80 = (90, 80) if len(archs) == 2 else (archs[0], archs[0])
     return [
         variant("fwd", a90, "bfloat16", 1, 1, "sample", 300),
         variant("fwd", a80, "float16", 0, 0, "teacher", 16),
         variant("fwd", a90, "float32", 1, 0, "greedy", 32),
+        variant("fwd", a80, "float32", 0, 0, "sample", 16),
         variant("grad", a90, "bfloat16", 0, 1, "-", 16),
         variant("grad", a80, "bfloat16", 1, 0, "-", 300),
         variant("grad", a80, "float32", 0, 1, "-", 32),
@@ -277,13 +281,22 @@ def verdict(row: dict) -> str | None:
     return None
 
 
+def _key(r) -> tuple:
+    """A row's variant: a default row by its switches, a tune row by its blocks as well."""
+    ident = tuple(str(r[k]) for k in ("triton", "arch", "kernel", "dtype", "bias", "softcap", "mode", "n"))
+    if str(r["default"]) == "1":
+        return ident + ("default",)
+    return ident + tuple(str(r.get(k)) for k in ("block_m", "block_n", "block_k", "num_warps"))
+
+
 def write_csv(rows, out: Path):
-    """Write ``rows``, keeping rows of other triton versions already in ``out``."""
-    versions = {r["triton"] for r in rows}
+    """Write ``rows`` into ``out``, replacing the rows of the same variants and triton version
+    and keeping all others (other versions, dtypes or subsets run separately)."""
+    new = {_key(r) for r in rows}
     kept = []
     if out.exists():
         with open(out, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if r.get("triton") not in versions]
+            kept = [r for r in csv.DictReader(f) if _key(r) not in new]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -320,6 +333,9 @@ def main(argv=None) -> int:
         "candidates; all (default): full + tune",
     )
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
+    ap.add_argument(
+        "--dtype", nargs="+", default=list(DTYPES), choices=DTYPES, help="only variants of these dtypes"
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument(
@@ -337,6 +353,7 @@ def main(argv=None) -> int:
         "tune": tune_set() if 90 in args.arch else [],
         "all": full_set(args.arch) + (tune_set() if 90 in args.arch else []),
     }[args.subset]
+    variants = [v for v in variants if v["dtype"] in args.dtype]
     with tempfile.TemporaryDirectory(prefix="aot-triton-cache-") as tmp_cache:
         cache = args.cache_dir or tmp_cache
         os.environ["TRITON_CACHE_DIR"] = cache

@@ -18,19 +18,20 @@ _U_SCALE = tl.constexpr(1.0 / (1 << 23))
 
 __all__ = ["KernelLaunch", "default_blocks", "interpreting", "num_sms", "operand_modes", "seed_arg"]
 
-# Block configurations, chosen so that no variant spills on sm_80 or sm_90 (bench/aot_check.py
-# compiles all of them and fails on a spill; registers per variant in bench/results/aot.csv).
-# Measured with triton 3.9 there, bias + soft-cap + sample (the heaviest pass-1 variant):
-# - 16-bit, 64 x 128 x 64 at 4 warps: 255 registers and 364 spill instructions (sm_90); at 8
+# Block configurations, chosen so that no variant spills on sm_80 or sm_90 with triton 3.6 or 3.9
+# (bench/aot_check.py compiles all of them and fails on a spill; registers per variant in
+# bench/results/aot.csv). Measured there, bias + soft-cap + sample (the heaviest pass-1 variant):
+# - 16-bit, 64 x 128 x 64 at 4 warps: 255 registers and 364 spill instructions (sm_90, 3.9); at 8
 #   warps 242 registers, no spill. 32 x 128 x 64 at 4 warps: 227 registers, no spill.
-# - fp32 (exact fp32 products on the FMA units, no tensor cores): 64 x 128 x 64 at 8 warps spills
-#   on both; 64 x 64 x 32 at 8 warps is spill-free with triton 3.9 but spills with triton 3.6
-#   (sm_90, pass 1 with sampling or teacher tokens); 32 x 64 x 32 at 8 warps is spill-free with
-#   triton 3.6 (128 registers in pass 1, 64..80 in pass 2), but with triton 3.9 pass 1 with
-#   sampling still spills 2-4 instructions (open; bench/README.md).
-# BLOCK_M is the next power of two of N within [16, 64] (fp32: [16, 32]; tl.dot needs >= 16
-# rows), so a seek's few rows (N ~ 10..300) waste at most half a row block. Not tuned on a GPU yet:
-# bench/autotune.py times the spill-free alternatives that aot_check lists (--subset tune).
+# - fp32 (exact fp32 products on the FMA units, no tensor cores). ptxas caps registers at an
+#   occupancy step (64 or 128 at 8 warps) and spills the last few values past it, so a variant
+#   just over a step spills a handful of STL/LDL. Pass 1 with sampling (the Gumbel noise's extra
+#   live values) at BLOCK_K 32 and 8 warps: 16 x 64 spills 4 at 64 registers (3.9, both archs),
+#   32 x 64 spills 2-4 at 128 (3.9, sm_90); 4 warps instead is no cure (16 x 64 x 32: 2 spills at
+#   96 registers, sm_80, 3.9; 32 x 64 x 32: 3 spills at 128, sm_80, 3.6). BLOCK_K 16 halves the
+#   operand tiles: pass 1 at 16 x 64 x 16 / 8 warps takes 60-88 registers, at 32 x 64 x 16 / 8
+#   warps 80-128 (sampling 103-128), no spill in any variant on either arch with either version.
+#   Pass 2 keeps 64 x 32 / 8 warps (64-80 registers, no spill).
 MIN_BLOCK_M = 16
 MAX_BLOCK_M = 64
 
@@ -39,7 +40,7 @@ def default_blocks(n: int, dtype: torch.dtype, grad: bool = False) -> tuple[int,
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` for ``n`` rows of ``dtype``; ``grad``: pass 2."""
     bm = max(MIN_BLOCK_M, min(MAX_BLOCK_M, triton.next_power_of_2(max(int(n), 1))))
     if dtype == torch.float32:
-        return min(bm, 32), 64, 32, 8
+        return min(bm, 32), 64, 32 if grad else 16, 8
     if bm <= 32:
         return bm, 128, 64, 4
     # Pass 2 at 64 x 128 x 64 / 8 warps spills 4-8 instructions on sm_80 with triton 3.6 (ptxas
