@@ -292,8 +292,8 @@ def test_ties_pick_lowest_index_across_tiles_and_splits(backend, dtype, kw):
 def test_ties_torch_twin_any_chunk(chunk):
     h, w, b = exact_ties()
     r = torch.ones(len(TIE_SETS))
-    tok, *_, argmax = lpg_torch(h, w, r, b, None, 1.0, "greedy", 0, None, False, chunk=chunk)
-    assert argmax.tolist() == TIE_WINNERS and tok.tolist() == TIE_WINNERS
+    out = lpg_torch(LatentGradInputs(h, w, r, b, None, 1.0, "greedy", 0, None, False), chunk=chunk)
+    assert out.argmax.tolist() == TIE_WINNERS and out.tokens.tolist() == TIE_WINNERS
 
 
 @pytest.mark.skipif(not _has_triton(), reason="no triton")
