@@ -217,7 +217,18 @@ def test_batched_latent_step_groups_by_adam_step(tokenizer, monkeypatch):
     # Problem 0 clears the threshold at once; problem 4 takes its slot and its original answer
     # ends as the continuations of problems 1-3 do: then 1-3 are due for step 2, 4 for step 1.
     rewards = [lambda q, a: 0.0] + [lambda q, a: -1.0] * 4
-    res = lsf.seek_many(model, tokenizer, QUESTIONS[:5], rewards, batch_size=4, backend="torch", **SETTINGS)
+    # Plain decoding (one token per forward, no reuse): the rounds above are timed by it.
+    res = lsf.seek_many(
+        model,
+        tokenizer,
+        QUESTIONS[:5],
+        rewards,
+        batch_size=4,
+        backend="torch",
+        draft_tokens=0,
+        reuse=False,
+        **SETTINGS,
+    )
     L = 5
     assert [r.iterations for r in res] == [0, 3, 3, 3, 3] and {r.update_length for r in res} == {L}
     assert calls["lpg"] == [3 * L, 3 * L, L, 4 * L, 4 * L, L]
