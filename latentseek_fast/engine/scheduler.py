@@ -454,7 +454,13 @@ class Engine:
             fresh = [p.stepper for p in stepping if p.stepper.grad is None]
             self.fused.init(fresh)
             states = [p.stepper for p in stepping]
-            tokens = self.fused.step(states, rewards, need_next)
+            try:
+                tokens = self.fused.step(states, rewards, need_next)
+            except (ValueError, RuntimeError) as exc:  # e.g. the ops' checks on inf latents
+                if type(exc) not in (ValueError, RuntimeError):
+                    raise  # subclasses (out of memory, ...) keep their type
+                self._blame(stepping, exc)
+                raise
             flags = [finite_flags(s.latents, s.grad) for s in states]
             ok = torch.cat(flags).tolist()  # one sync for every problem's guard
             o = 0
@@ -500,6 +506,16 @@ class Engine:
             )
             p.state = "decode"
             p.clock["decode"] += time.perf_counter() - t0
+
+    def _blame(self, stepping: list[_Problem], exc: BaseException) -> None:
+        """A batched latent step raised: name the problem whose latents are no longer finite (or
+        the only one stepping) and the step, as ``loop.checked_step`` does for one problem."""
+        flags = torch.stack([torch.isfinite(p.stepper.latents).all() for p in stepping]).tolist()
+        bad = [p for p, ok in zip(stepping, flags) if not ok] or (stepping if len(stepping) == 1 else [])
+        if bad:
+            p = bad[0]
+            err = type(exc)(f"{step_where(p.steps, f'problem {p.index}')}: {exc}")
+            raise ProblemError(p.index, err) from exc
 
     def _finish(self, p: _Problem, stopped: str) -> None:
         ids, text = (p.ids, p.text) if p.ids is not None else (p.gen_ids, p.original_text)
