@@ -94,33 +94,58 @@ class LoopOutcome:
     texts: list[str] = field(default_factory=list)
 
 
-def _checked_step(stepper, reward: float, step: int, label: str, need_next: bool) -> list[int]:
-    """``stepper.step`` with the seek's numeric guard: a non-finite or out-of-range reward, and
-    NaN/inf latents or gradient after the update, stop the seek with an error naming the step
-    and the problem. Cost per step: one ``isfinite`` pass over the L*d latents and gradient and
-    one device sync, next to the step's own pass over the V*d LM head."""
-    where = f"seek step {step + 1} of {label}"
+def step_where(step: int, label: str) -> str:
+    """How the numeric guard names a step: ``seek step {step + 1} of {label}``."""
+    return f"seek step {step + 1} of {label}"
+
+
+def check_step_reward(reward: float, where: str) -> None:
+    """The guard before a latent step: a reward that is not finite or has ``|reward| >
+    REWARD_MAX`` (it would overflow the fp32 gradient) raises ``ValueError`` naming ``where``."""
     if not (math.isfinite(reward) and abs(reward) <= REWARD_MAX):
         raise ValueError(
             f"{where}: reward={reward!r}: expected a finite number with |reward| <= {REWARD_MAX:g} "
             "(larger rewards overflow the fp32 gradient)"
         )
-    try:
-        tokens = stepper.step(reward, need_next=need_next)
-    except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on latents that became inf
-        if type(exc) not in (ValueError, RuntimeError):
-            raise  # subclasses (out of memory, ...) keep their type
-        raise type(exc)(f"{where}: {exc}") from exc
-    latents, grad = stepper.state()
+
+
+def finite_flags(latents: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+    """``[latents finite, gradient finite]`` (one entry without a gradient) as a bool tensor on the
+    latents' device, so that a caller guarding many problems reads all flags in one sync."""
     finite = [torch.isfinite(latents).all()] + ([] if grad is None else [torch.isfinite(grad).all()])
-    ok = torch.stack(finite).tolist()
+    return torch.stack(finite)
+
+
+def check_finite(ok: list[bool], reward: float, where: str) -> None:
+    """The guard after a latent step, from ``finite_flags(...).tolist()``: NaN/inf in the latents
+    or the gradient raises ``RuntimeError`` naming ``where``."""
     if not all(ok):
         what = "latents" if not ok[0] else "gradient"
         raise RuntimeError(
             f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); "
             "lower lr or check the model's hidden states"
         )
+
+
+def checked_step(stepper, reward: float, step: int, label: str, need_next: bool) -> list[int]:
+    """``stepper.step`` with the seek's numeric guard: a non-finite or out-of-range reward, and
+    NaN/inf latents or gradient after the update, stop the seek with an error naming the step
+    and the problem. Cost per step: one ``isfinite`` pass over the L*d latents and gradient and
+    one device sync, next to the step's own pass over the V*d LM head. (``seek_many`` guards its
+    batched steps with the same pieces: ``check_step_reward``, ``finite_flags``, ``check_finite``.)"""
+    where = step_where(step, label)
+    check_step_reward(reward, where)
+    try:
+        tokens = stepper.step(reward, need_next=need_next)
+    except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on latents that became inf
+        if type(exc) not in (ValueError, RuntimeError):
+            raise  # subclasses (out of memory, ...) keep their type
+        raise type(exc)(f"{where}: {exc}") from exc
+    check_finite(finite_flags(*stepper.state()).tolist(), reward, where)
     return tokens
+
+
+_checked_step = checked_step  # the name tests and older callers use
 
 
 def seek_loop(
@@ -195,7 +220,7 @@ def seek_loop(
             stopped = "threshold"
             break
         t0 = time.perf_counter()
-        new_tokens = _checked_step(stepper, reward_now, step, label, need_next=step + 1 < config.max_steps)
+        new_tokens = checked_step(stepper, reward_now, step, label, need_next=step + 1 < config.max_steps)
         clock.add("latent", t0)
 
         key = tuple(new_tokens)

@@ -217,7 +217,18 @@ def test_batched_latent_step_groups_by_adam_step(tokenizer, monkeypatch):
     # Problem 0 clears the threshold at once; problem 4 takes its slot and its original answer
     # ends as the continuations of problems 1-3 do: then 1-3 are due for step 2, 4 for step 1.
     rewards = [lambda q, a: 0.0] + [lambda q, a: -1.0] * 4
-    res = lsf.seek_many(model, tokenizer, QUESTIONS[:5], rewards, batch_size=4, backend="torch", **SETTINGS)
+    # Plain decoding (one token per forward, no reuse): the rounds above are timed by it.
+    res = lsf.seek_many(
+        model,
+        tokenizer,
+        QUESTIONS[:5],
+        rewards,
+        batch_size=4,
+        backend="torch",
+        draft_tokens=0,
+        reuse=False,
+        **SETTINGS,
+    )
     L = 5
     assert [r.iterations for r in res] == [0, 3, 3, 3, 3] and {r.update_length for r in res} == {L}
     assert calls["lpg"] == [3 * L, 3 * L, L, 4 * L, 4 * L, L]
@@ -425,3 +436,202 @@ def test_decoder_rejects_sliding_window_layers():
     )
     with pytest.raises(ValueError, match="sliding_attention"):
         HFDecoder(AutoModelForCausalLM.from_config(cfg))
+
+
+# -- drafts, reuse and the numeric guard in the engine ------------------------------------------
+
+# Raw prompts (no chat template) with different last tokens, so the chain model below starts
+# each answer at a different place of its chain.
+CHAIN_PROMPTS = [
+    "Add seven and eight",
+    "A train leaves at noon and goes 60 miles per hour for 3 hours, how far",
+    "Name a prime number",
+    "If x is 4 what is x squared",
+    "Compute twelve times twelve please",
+    "How many legs do spiders have",
+    "two plus three",
+]
+
+
+def chain_model(tokenizer, seed=5, scale=0.5, chain=12):
+    """A tiny fp64 model whose greedy text mostly walks a fixed chain of tokens ending in eos
+    (id 2): the LM head maps each token's embedding to its successor (a chain token to the next
+    one, any other token into the chain), the layers (weights x ``scale``) perturb that. So the
+    text repeats itself and the prompt (the chain's tokens are prompt words): drafts are accepted
+    and rejected, a drafted eos is accepted (a stop inside an accepted draft), and re-decoded
+    tokens repeat (exact reuse). The seed was chosen for all of these."""
+    model = make_tiny_model("llama", tie=False, seed=seed, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.lm_head.weight.shape[0]
+    words = sorted({t for p in CHAIN_PROMPTS for t in tokenizer(p).input_ids})
+    S = torch.tensor(words)[torch.randperm(len(words), generator=g)[: chain - 1]].tolist() + [2]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and "embed" not in name and "lm_head" not in name:
+                p.mul_(scale)
+        E = model.model.embed_tokens.weight
+        succ = torch.tensor(S)[torch.arange(vocab) % len(S)]
+        for i, s in enumerate(S[:-1]):
+            succ[s] = S[i + 1]
+        W = torch.zeros_like(model.lm_head.weight)
+        W.index_add_(0, succ, E / E.norm(dim=1, keepdim=True).clamp_min(1e-6))  # the pad row is 0
+        model.lm_head.weight.copy_(3.0 * W)
+    return model
+
+
+class DraftSpy:
+    """Counts, over every ``DraftRow`` (``seek``'s and the engine's), drafts accepted and a stop
+    inside an accepted draft (fewer tokens kept than the accepted drafts plus greedy's own), split
+    by rows with a pool (solver rows) and without (the engine's verifier rows)."""
+
+    def __init__(self, monkeypatch):
+        from latentseek_fast import drafts
+
+        self.counts = {"stop_in_draft": 0, "accepted": 0, "rejected": 0, "verifier_accepted": 0}
+        observe, extend = drafts.DraftRow.observe, drafts.DraftRow.extend
+        spy = self
+
+        def observe_spy(row, proposed, accepted):
+            row._spy = (proposed, accepted)
+            key = "accepted" if row.pool is not None else "verifier_accepted"
+            spy.counts[key] += accepted
+            spy.counts["rejected"] += proposed - accepted
+            return observe(row, proposed, accepted)
+
+        def extend_spy(row, tokens):
+            tokens = list(tokens)
+            last = getattr(row, "_spy", None)
+            if last is not None and last[1] > 0 and len(tokens) < last[1] + 1:
+                spy.counts["stop_in_draft"] += 1
+            row._spy = None
+            return extend(row, tokens)
+
+        monkeypatch.setattr(drafts.DraftRow, "observe", observe_spy)
+        monkeypatch.setattr(drafts.DraftRow, "extend", extend_spy)
+
+    def take(self) -> dict:
+        out = dict(self.counts)
+        for k in self.counts:
+            self.counts[k] = 0
+        return out
+
+
+CHAIN = {"max_new_tokens": 16, "rho": 0.5, "lr": 0.5, "max_steps": 3, "backend": "reference"}
+_CHAIN_ORACLE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def chain64(tokenizer):
+    return chain_model(tokenizer)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_seek_many_drafted_with_reuse_equals_plain_seek(chain64, tokenizer, monkeypatch, batch_size):
+    """Drafts and exact reuse on: the results of plain seek() (one token per forward), and the
+    decode counts and reuses of seek() with the same drafts; the run rejects drafts, accepts
+    them and stops inside an accepted draft."""
+    spy = DraftSpy(monkeypatch)
+    if not _CHAIN_ORACLE:
+        _CHAIN_ORACLE["plain"] = [
+            lsf.seek(chain64, tokenizer, q, hashed_reward, prompt=q, draft_tokens=0, **CHAIN)
+            for q in CHAIN_PROMPTS
+        ]
+        _CHAIN_ORACLE["drafted"] = [
+            lsf.seek(chain64, tokenizer, q, hashed_reward, prompt=q, **CHAIN) for q in CHAIN_PROMPTS
+        ]
+        _CHAIN_ORACLE["spy"] = spy.take()
+    plain, drafted = _CHAIN_ORACLE["plain"], _CHAIN_ORACLE["drafted"]
+    spy.take()
+    got = lsf.seek_many(
+        chain64,
+        tokenizer,
+        CHAIN_PROMPTS,
+        hashed_reward,
+        batch_size=batch_size,
+        prompts=CHAIN_PROMPTS,
+        **CHAIN,
+    )
+    counts = spy.take()
+    assert_same(got, plain)
+    assert [g.texts for g in got] == [w.texts for w in plain]
+    assert [g.reused for g in got] == [w.reused for w in drafted]
+    assert [g.decode_stats for g in got] == [w.decode_stats for w in drafted]
+    assert counts == _CHAIN_ORACLE["spy"]
+    assert counts["accepted"] > 0 and counts["rejected"] > 0 and counts["stop_in_draft"] > 0
+    assert sum(g.reused for g in got) > 0
+    assert sum(g.decode_stats["forwards"] for g in got) < sum(w.decode_stats["forwards"] for w in plain)
+
+
+class ScriptedReward:
+    """``hashed_reward`` that counts its calls per question; ``deterministic`` as given."""
+
+    def __init__(self, deterministic):
+        self.deterministic = deterministic
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, question, answer):
+        self.calls[question] = self.calls.get(question, 0) + 1
+        return hashed_reward(question, answer)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_reuse_counts_and_reward_calls_equal_seeks(chain64, tokenizer, deterministic):
+    """A reused continuation reuses the reward only when the reward is deterministic: the
+    engine calls the reward exactly as often as seek() does, and reuses as often."""
+    want_reward, got_reward = ScriptedReward(deterministic), ScriptedReward(deterministic)
+    want = [lsf.seek(chain64, tokenizer, q, want_reward, prompt=q, **CHAIN) for q in CHAIN_PROMPTS]
+    got = lsf.seek_many(
+        chain64, tokenizer, CHAIN_PROMPTS, got_reward, batch_size=4, prompts=CHAIN_PROMPTS, **CHAIN
+    )
+    assert_same(got, want)
+    assert [g.reused for g in got] == [w.reused for w in want] and sum(g.reused for g in got) > 0
+    assert got_reward.calls == want_reward.calls
+    calls = sum(want_reward.calls.values())
+    scored = sum(len(w.rewards) for w in want)
+    assert calls == scored - (sum(w.reused for w in want) if deterministic else 0)
+
+
+def test_self_reward_verifier_rows_drafted(tokenizer, monkeypatch):
+    """Verifier rows draft from their own prompt, which quotes the solution, and their own reply:
+    drafts are accepted there (the replies, after the template's final newline, repeat "4"), and
+    the rewards are those of seek()'s undrafted verifier generation."""
+    spy = DraftSpy(monkeypatch)
+    model = lively_model("llama", eos_boost=1.0)
+    newline = tokenizer("\n", add_special_tokens=False).input_ids[-1]
+    four = tokenizer("4", add_special_tokens=False).input_ids[0]
+    with torch.no_grad():  # after a newline or a "4" comes "4" (logit ~24, the others' max ~6)
+        E = model.model.embed_tokens.weight
+        model.lm_head.weight[four] = 3.0 * (E[newline] / E[newline].norm() + E[four] / E[four].norm())
+    sr = SelfReward(model, tokenizer, max_new_tokens=8)
+    problems = CHAIN_PROMPTS[:3]
+    kw = {**CHAIN, "max_steps": 2}
+    want = [lsf.seek(model, tokenizer, q, sr, prompt=q, **kw) for q in problems]
+    got = lsf.seek_many(model, tokenizer, problems, sr, batch_size=3, prompts=problems, **kw)
+    assert_same(got, want)
+    assert spy.take()["verifier_accepted"] > 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_numeric_guard_names_problem_and_step(tokenizer, backend):
+    """seek's per-step guard in the engine: an out-of-range reward, and an update that overflows
+    (lr=1e39: NaN/inf latents, or the optimizer's own overflow error), stop with ProblemError
+    naming the problem's index and the step."""
+    model = lively_model("llama", dtype=torch.float32, seed=2)
+    rewards = [hashed_reward, lambda q, a: -1e7, hashed_reward]  # |reward| > REWARD_MAX
+    with pytest.raises(
+        ProblemError, match=r"problem 1: ValueError: seek step 1 of problem 1: reward=-10000000.0: "
+    ) as e:
+        lsf.seek_many(model, tokenizer, QUESTIONS[:3], rewards, batch_size=3, backend=backend, **SETTINGS)
+    assert e.value.index == 1
+    with pytest.raises(
+        ProblemError, match=r"problem 0: (RuntimeError|ValueError): seek step 1 of problem 0: "
+    ):
+        lsf.seek_many(
+            model,
+            tokenizer,
+            QUESTIONS[:2],
+            lambda q, a: -1.0,
+            batch_size=2,
+            backend=backend,
+            **{**SETTINGS, "lr": 1e39},
+        )

@@ -16,7 +16,17 @@ The scheduler keeps up to ``batch_size`` problems in flight and repeats one roun
    oracle);
 3. one decoder step over every row that is decoding (original answers, continuations,
    verifier replies), ragged feeds included: one forward (two when long feeds such as an
-   admitted prompt run apart, see ``HFDecoder.step``); one argmax over all next tokens.
+   admitted prompt run apart, see ``HFDecoder.step``); one argmax over all fed positions.
+
+Drafts (``SeekConfig.draft_tokens``, see ``drafts.py``): before the forward each row past its
+prefill feeds [its last token, *up to K drafts] from its ``DraftRow``; after it the row keeps the
+longest prefix greedy agrees with plus greedy's own token, stops exactly where plain greedy stops,
+and rolls its rejected positions back (``Decoder.rollback``). Solver rows draft from the
+problem's ``DraftPool`` (prompt, original answer, earlier continuations: those of ``seek``), so
+their tokens, forwards and accepted drafts are ``seek``'s; verifier rows draft from their own
+prompt, which quotes the solution. Exact reuse (``SeekConfig.reuse``) is ``loop.seek_loop``'s: re-
+decoded tokens seen before take that continuation (and its reward when the reward is
+deterministic) without a row.
 
 Wall time of a shared operation is split over the problems it served, in proportion to their
 work (tokens fed, latent rows), so a problem's ``timings`` sum with the others' to the wall
@@ -34,7 +44,16 @@ import torch
 from .. import decode
 from ..backends import resolve_backend
 from ..config import SeekConfig
-from ..loop import SeekResult, problem_parts
+from ..drafts import DecodeStats, DraftPool, DraftRow
+from ..loop import (
+    SeekResult,
+    check_finite,
+    check_step_reward,
+    checked_step,
+    finite_flags,
+    problem_parts,
+    step_where,
+)
 from ..rewards import make_reward
 from ..rewards.base import as_reward, check_reward_value
 from ..steppers import make_stepper
@@ -68,12 +87,18 @@ def _verifier_stop_ids(tokenizer, model) -> frozenset[int]:
 class _Row:
     """One decoding stream on a decoder row: feed -> greedy tokens until a stop id or a cap."""
 
-    __slots__ = ("row", "feed", "ids", "lats", "stop", "cap", "keep", "phase", "owner", "kind", "tag", "secs")
+    __slots__ = (
+        "row", "feed", "ids", "lats", "stop", "cap", "keep", "phase", "owner", "kind", "tag", "secs",
+        "draft", "m", "stats",
+    )  # fmt: skip
 
-    def __init__(self, row, feed, *, stop, cap, keep, phase, owner, kind, tag=None):
+    def __init__(self, row, feed, *, stop, cap, keep, phase, owner, kind, tag=None, draft=None):
         self.row, self.feed, self.ids, self.lats = row, list(feed), [], []
         self.stop, self.cap, self.keep, self.phase = stop, cap, keep, phase
         self.owner, self.kind, self.tag, self.secs = owner, kind, tag, 0.0
+        self.draft: DraftRow | None = draft  # None: one token per forward
+        self.m = 0  # drafts in the current feed
+        self.stats = DecodeStats()  # forwards after the prefill feed, drafts fed and accepted
 
 
 class _Problem:
@@ -105,6 +130,11 @@ class _Problem:
         self.decode_tokens = 0
         self.result: SeekResult | None = None
         self.stopped = ""
+        self.pool: DraftPool | None = None
+        self.stats = DecodeStats()
+        self.seen: dict[tuple[int, ...], tuple[list[int], str, float]] = {}  # loop.seek_loop's
+        self.pending_key: tuple[int, ...] | None = None  # re-decoded tokens being decoded/scored
+        self.reuse_reward = False
 
 
 class Engine:
@@ -174,6 +204,8 @@ class Engine:
         )
         self._verifier_stop = None
         self.rows: list[_Row] = []
+        # Drafts stay in the decoder's main forward: a feed of 1 + drafts must not be a long feed.
+        self.max_drafts = min(self.config.draft_tokens, self.decoder.long_feed - 1)
 
     @staticmethod
     def _rewards(reward, n: int) -> list:
@@ -245,7 +277,12 @@ class Engine:
         ):
             self_reward = obj
         p = _Problem(index, question, prompt_ids, fn, self_reward)
+        p.reuse_reward = getattr(fn, "deterministic", False) is True
         p.solver = self.decoder.add_row()
+        draft = None
+        if self.config.draft_tokens:
+            p.pool = DraftPool([prompt_ids])
+            draft = p.pool.row(prompt_ids, k=self.config.draft_tokens)
         self.rows.append(
             _Row(
                 p.solver,
@@ -256,6 +293,7 @@ class Engine:
                 phase="generate",
                 owner=p,
                 kind="original",
+                draft=draft,
             )
         )
         p.clock["generate"] += time.perf_counter() - t0
@@ -314,6 +352,9 @@ class Engine:
                     owner=p,
                     kind="verifier",
                     tag=name,
+                    draft=DraftRow(None, ids, k=self.config.draft_tokens, index_context=True)
+                    if self.config.draft_tokens
+                    else None,
                 )
             )
         p.state = "verify"
@@ -342,6 +383,9 @@ class Engine:
     def _scored(self, p: _Problem, r: float) -> None:
         p.history.append(r)
         p.texts.append(p.text_to_score)
+        if p.pending_key is not None:
+            p.seen[p.pending_key] = (p.ids, p.text, r)
+            p.pending_key = None
         if len(p.history) == 1:
             T = len(p.gen_ids)
             secs = p.clock["generate"]
@@ -355,6 +399,10 @@ class Engine:
                 raise ProblemError(
                     p.index, ValueError(f"start_index={start}: must be below the answer length T={T}")
                 )
+            # An original answer ended by a stop token is the greedy continuation of its own
+            # re-decoded tokens (loop.seek_loop's ``answer_complete``).
+            if p.gen_ids[-1] in self.stop and T - start - p.L <= self.config.max_new_tokens:
+                p.seen[tuple(p.gen_ids[start : start + p.L])] = (list(p.gen_ids), p.original_text, r)
             p.prefix = list(p.gen_ids[:start])
             p.base_len = len(p.prompt_ids) + start
             rows = p.gen_latents[start : start + p.L]
@@ -386,24 +434,63 @@ class Engine:
             return
         need_next = [p.steps + 1 < cfg.max_steps for p in stepping]
         rewards = [p.history[-1] for p in stepping]
+        label = "problem {}".format
         if self.fused is None:
             tokens = []
             for p, r, nxt in zip(stepping, rewards, need_next):
                 t0 = time.perf_counter()
-                tokens.append(p.stepper.step(r, need_next=nxt))
+                try:
+                    tokens.append(checked_step(p.stepper, r, p.steps, label(p.index), nxt))
+                except (ValueError, RuntimeError) as e:
+                    raise ProblemError(p.index, e) from e
                 p.clock["latent"] += time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
+            for p, r in zip(stepping, rewards):  # loop.checked_step's guard, batched
+                try:
+                    check_step_reward(r, step_where(p.steps, label(p.index)))
+                except ValueError as e:
+                    raise ProblemError(p.index, e) from e
             fresh = [p.stepper for p in stepping if p.stepper.grad is None]
             self.fused.init(fresh)
-            tokens = self.fused.step([p.stepper for p in stepping], rewards, need_next)
+            states = [p.stepper for p in stepping]
+            try:
+                tokens = self.fused.step(states, rewards, need_next)
+            except (ValueError, RuntimeError) as exc:  # e.g. the ops' checks on inf latents
+                if type(exc) not in (ValueError, RuntimeError):
+                    raise  # subclasses (out of memory, ...) keep their type
+                self._blame(stepping, exc)
+                raise
+            flags = [finite_flags(s.latents, s.grad) for s in states]
+            ok = torch.cat(flags).tolist()  # one sync for every problem's guard
+            o = 0
+            for p, r, f in zip(stepping, rewards, flags):
+                try:
+                    check_finite(ok[o : o + len(f)], r, step_where(p.steps, label(p.index)))
+                except RuntimeError as e:
+                    raise ProblemError(p.index, e) from e
+                o += len(f)
             self._share([(p, "latent", p.L) for p in stepping], t0)
         for p, toks in zip(stepping, tokens):
             p.steps += 1
             p.new_tokens = list(toks)
             t0 = time.perf_counter()
-            self.decoder.rollback(p.solver, p.base_len)
             p.decode_secs, p.decode_tokens = 0.0, 0
+            key = tuple(p.new_tokens)
+            if cfg.reuse and key in p.seen:  # the same input: greedy gives the same continuation
+                p.ids, p.text, earlier = p.seen[key]
+                p.text_to_score = p.text
+                p.stats.reused += 1
+                if p.reuse_reward:
+                    self._scored(p, earlier)
+                else:
+                    p.state = "score"
+                continue
+            p.pending_key = key if cfg.reuse else None
+            self.decoder.rollback(p.solver, p.base_len)
+            draft = None
+            if p.pool is not None:
+                draft = p.pool.row(p.prompt_ids + p.prefix + p.new_tokens, k=cfg.draft_tokens)
             self.rows.append(
                 _Row(
                     p.solver,
@@ -414,10 +501,21 @@ class Engine:
                     phase="decode",
                     owner=p,
                     kind="continue",
+                    draft=draft,
                 )
             )
             p.state = "decode"
             p.clock["decode"] += time.perf_counter() - t0
+
+    def _blame(self, stepping: list[_Problem], exc: BaseException) -> None:
+        """A batched latent step raised: name the problem whose latents are no longer finite (or
+        the only one stepping) and the step, as ``loop.checked_step`` does for one problem."""
+        flags = torch.stack([torch.isfinite(p.stepper.latents).all() for p in stepping]).tolist()
+        bad = [p for p, ok in zip(stepping, flags) if not ok] or (stepping if len(stepping) == 1 else [])
+        if bad:
+            p = bad[0]
+            err = type(exc)(f"{step_where(p.steps, f'problem {p.index}')}: {exc}")
+            raise ProblemError(p.index, err) from exc
 
     def _finish(self, p: _Problem, stopped: str) -> None:
         ids, text = (p.ids, p.text) if p.ids is not None else (p.gen_ids, p.original_text)
@@ -434,6 +532,8 @@ class Engine:
             stopped=stopped,
             backend=self.backend,
             timings=dict(p.clock),
+            reused=p.stats.reused,
+            decode_stats=p.stats.to_dict(),
             texts=list(p.texts),
         )
         p.state = "done"
@@ -444,29 +544,62 @@ class Engine:
         if not rows:
             raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
         t0 = time.perf_counter()
+        for r in rows:  # past its prefill, a row feeds [its last token, *drafts]
+            r.m = 0
+            if r.draft is not None and r.ids:
+                drafts = r.draft.propose(min(r.cap - len(r.ids) - 1, self.max_drafts))
+                r.m = len(drafts)
+                r.feed = r.feed + drafts
         hidden = self.decoder.step({r.row: r.feed for r in rows})
-        last = torch.stack([hidden[r.row][-1] for r in rows])
-        next_ids = torch.argmax(self.head(last), dim=-1).tolist()
+        # states[j] of a row predicts the token after its fed position j: the last one of a
+        # prefill feed, every one of [token, *drafts].
+        states = [hidden[r.row][-(1 + r.m) :] for r in rows]
+        greedy = torch.argmax(self.head(torch.cat(states)), dim=-1).tolist()  # the step's one sync
         spent = time.perf_counter() - t0
         total = sum(len(r.feed) for r in rows)
         finished = []
-        for i, (r, tok) in enumerate(zip(rows, next_ids)):
+        o = 0
+        for r, st in zip(rows, states):
+            m = r.m
+            g = greedy[o : o + 1 + m]
+            o += 1 + m
             share = spent * len(r.feed) / total
             r.owner.clock[r.phase] += share
             r.secs += share
+            drafts = r.feed[len(r.feed) - m :] if m else []
+            a = 0
+            while a < m and g[a] == drafts[a]:
+                a += 1
+            if r.ids:  # not the prefill feed (seek counts forwards after the first token)
+                r.stats.forwards += 1
+                r.stats.drafted += m
+                r.stats.accepted += a
+            if m:
+                r.draft.observe(m, a)
+            done = False
+            emitted = 0
+            for tok in g[: a + 1]:  # stop exactly where plain greedy stops
+                r.ids.append(tok)
+                emitted += 1
+                if r.kind == "original" and self.on_event is not None:
+                    self._emit(OriginalToken(r.owner.index, tok, self.tokenizer.decode([tok])))
+                if tok in r.stop or len(r.ids) >= r.cap:
+                    done = True
+                    break
             if r.keep:
-                r.lats.append(last[i])
-            r.ids.append(tok)
-            if r.kind == "original" and self.on_event is not None:
-                self._emit(OriginalToken(r.owner.index, tok, self.tokenizer.decode([tok])))
-            if tok in r.stop or len(r.ids) >= r.cap:
+                r.lats.append(st[:emitted])
+            if 1 + m > emitted:  # keep the fed positions before the last emitted token
+                self.decoder.rollback(r.row, self.decoder.length(r.row) - (1 + m - emitted))
+            if r.draft is not None:
+                r.draft.extend(g[:emitted])
+            if done:
                 r.feed = []
                 finished.append(r)
             else:
-                r.feed = [tok]
+                r.feed = [r.ids[-1]]
         if finished:
-            done = set(map(id, finished))
-            self.rows = [r for r in self.rows if id(r) not in done]
+            done_ids = set(map(id, finished))
+            self.rows = [r for r in self.rows if id(r) not in done_ids]
             for r in finished:
                 self._row_done(r)
 
@@ -476,7 +609,10 @@ class Engine:
         if r.kind == "original":
             p.gen_ids = r.ids
             width = self.head.weight.shape[1]
-            p.gen_latents = torch.stack(r.lats) if r.lats else torch.empty(0, width, device=self.device)
+            p.gen_latents = torch.cat(r.lats) if r.lats else torch.empty(0, width, device=self.device)
+            self._count(p, r)
+            if p.pool is not None:
+                p.pool.add(r.ids)
             p.original_text = self.tokenizer.decode(r.ids)
             p.text_to_score = p.original_text
             p.clock["generate"] += time.perf_counter() - t0
@@ -489,9 +625,20 @@ class Engine:
             p.clock["decode"] += spent
             p.decode_secs = r.secs + spent
             p.decode_tokens = len(p.new_tokens) + len(r.ids)
+            self._count(p, r)
+            if p.pool is not None:
+                p.pool.add(p.ids)
             p.state = "score"
         else:
             self._verifier_done(p, r)
+
+    @staticmethod
+    def _count(p: _Problem, r: _Row) -> None:
+        """Add a solver row's decoding to the problem's ``decode_stats`` (seek's ``stats.add``)."""
+        p.stats.tokens += len(r.ids)
+        p.stats.forwards += r.stats.forwards
+        p.stats.drafted += r.stats.drafted
+        p.stats.accepted += r.stats.accepted
 
 
 def iter_seek(
