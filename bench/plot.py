@@ -304,6 +304,7 @@ def plot_eval(rows, out: Path, plt) -> list[Path]:
             if isinstance(r.get("same_answers"), int):
                 note.append(f"{r['same_answers']}/{r['problems']} same")
             ax.annotate("\n".join(note), (i, r["problems_per_hour"]), ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, 1.15 * max(r["problems_per_hour"] for r in grp))  # room for the notes
         ax.set_ylabel("problems per hour")
         ax.set_title(
             f"GSM8K, {grp[0].get('problems')} problems, max_steps {grp[0].get('max_steps')}, "
@@ -355,7 +356,8 @@ def summary(tables: dict[str, list[tuple[Path, list[dict]]]]) -> str:
                 stamp = grp[0]
                 lines.append(
                     f"**{machine}** (torch {stamp.get('torch')}, triton {stamp.get('triton')}, "
-                    f"threads {stamp.get('threads')}, commit {stamp.get('commit')}, "
+                    f"threads {'per row' if kind == 'threads' else stamp.get('threads')}, "
+                    f"commit {stamp.get('commit')}, "
                     f"run {stamp.get('run', '')})"
                 )
                 peaks = stamp.get("peak_gemm_tflops")
