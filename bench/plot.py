@@ -7,6 +7,12 @@
 - ``seek_iteration.csv`` / ``seek_whole.csv`` (bench_seek.py): the research way against ours ->
   ``seek_<machine>.png``; ``seek_gpu*.csv`` (bench_seek_gpu.py): per-iteration phases per backend
   -> ``seek_gpu_<machine>.png``.
+- ``eval.csv`` (bench_eval.py): problems per hour per configuration (sequential ``seek`` with
+  and without drafts, ``seek_many`` per batch size), speed-up and agreement with the baseline ->
+  ``eval_<machine>.png``.
+- ``threads.csv`` (bench_threads.py): decode forwards per thread count; tabulated as the median
+  over the rounds whose 1-minute load was at most the lowest seen + ``THREADS_LOAD_SLACK`` ->
+  ``threads_<machine>.png``.
 - ``summary.md``: one markdown table per CSV (the newest run of each configuration per machine),
   which bench/README.md links to.
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -42,7 +49,32 @@ SPECS = {
         ["problem", "T", "iterations", "research_s", "ours_s", "speedup", "same_answer", "same_rewards"],
     ),
     "seek_gpu": (["model", "backend", "dtype", "device"], SEEK_GPU_COLUMNS),
+    "eval": (
+        ["config", "problems", "max_steps", "max_new_tokens"],
+        [
+            "config",
+            "problems",
+            "wall_s",
+            "problems_per_hour",
+            "speedup",
+            "tokens_per_forward",
+            "reused",
+            "same_answers",
+            "same_rewards",
+            "near_ties",
+            "load1_before",
+            "load1_after",
+            "diffs",
+        ],
+    ),
+    # every round of every run is kept; ``aggregate_threads`` reduces them for the table
+    "threads": (
+        ["run", "round", "shape", "threads", "context"],
+        ["shape", "threads", "median_ms", "rounds", "load1", "loads_seen"],
+    ),
 }
+# Rounds of bench_threads.py whose load is at most the lowest seen + this count as quiet.
+THREADS_LOAD_SLACK = 0.5
 
 
 def kind_of(path: Path) -> str | None:
@@ -231,6 +263,81 @@ def plot_seek_gpu(rows, out: Path, plt) -> list[Path]:
     return made
 
 
+def aggregate_threads(rows: list[dict]) -> list[dict]:
+    """Per machine, shape and thread count: the median of the rounds' medians over the quiet
+    rounds (1-minute load before the round <= the lowest seen on that machine + slack)."""
+    out = []
+    for grp in by(rows, "machine").values():
+        loads = [r["load1_before"] for r in grp if isinstance(r.get("load1_before"), (int, float))]
+        if not loads:
+            continue
+        quiet = [r for r in grp if r.get("load1_before", 1e9) <= min(loads) + THREADS_LOAD_SLACK]
+        for (shape, threads), cell in by(quiet, "shape", "threads").items():
+            lo, hi = min(r["load1_before"] for r in cell), max(r["load1_before"] for r in cell)
+            out.append(
+                {
+                    **cell[0],
+                    "shape": shape,
+                    "threads": threads,
+                    "median_ms": statistics.median(r["median_ms"] for r in cell),
+                    "rounds": len(cell),
+                    "load1": f"{lo:.2f}-{hi:.2f}",
+                    "loads_seen": f"{min(loads):.2f}-{max(loads):.2f}",
+                }
+            )
+    return out
+
+
+AGGREGATE = {"threads": aggregate_threads}
+
+
+def plot_eval(rows, out: Path, plt) -> list[Path]:
+    made = []
+    for (machine,), grp in by(rows, "machine").items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = [r["config"] for r in grp]
+        ax.bar(names, [r["problems_per_hour"] for r in grp])
+        for i, r in enumerate(grp):
+            note = []
+            if isinstance(r.get("speedup"), (int, float)):
+                note.append(f"{r['speedup']:.2f}x")
+            if isinstance(r.get("same_answers"), int):
+                note.append(f"{r['same_answers']}/{r['problems']} same")
+            ax.annotate("\n".join(note), (i, r["problems_per_hour"]), ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, 1.15 * max(r["problems_per_hour"] for r in grp))  # room for the notes
+        ax.set_ylabel("problems per hour")
+        ax.set_title(
+            f"GSM8K, {grp[0].get('problems')} problems, max_steps {grp[0].get('max_steps')}, "
+            f"{grp[0].get('max_new_tokens')} new tokens; {machine}, threads {grp[0].get('threads')}",
+            fontsize=8,
+        )
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        made.append(_save(fig, out / f"eval_{slug(machine)}.png", plt))
+    return made
+
+
+def plot_threads(rows, out: Path, plt) -> list[Path]:
+    made = []
+    for (machine,), grp in by(aggregate_threads(rows), "machine").items():
+        shapes = list(dict.fromkeys(r["shape"] for r in grp))
+        cell = {(r["shape"], r["threads"]): r["median_ms"] for r in grp}
+        threads = sorted({r["threads"] for r in grp})
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _bars(
+            ax,
+            shapes,
+            {f"{t} thread(s)": [cell.get((s, t)) for s in shapes] for t in threads},
+            "ms per forward",
+        )
+        ax.set_title(
+            f"decode forwards (rows x tokens), quiet rounds, load {grp[0]['load1']}; {machine}", fontsize=8
+        )
+        fig.tight_layout()
+        made.append(_save(fig, out / f"threads_{slug(machine)}.png", plt))
+    return made
+
+
 def summary(tables: dict[str, list[tuple[Path, list[dict]]]]) -> str:
     lines = [
         "# Benchmark summary",
@@ -242,13 +349,15 @@ def summary(tables: dict[str, list[tuple[Path, list[dict]]]]) -> str:
     for kind, files in tables.items():
         cols = SPECS[kind][1]
         for path, rows in files:
+            rows = AGGREGATE.get(kind, list)(rows)
             lines.append(f"## {path.name}")
             lines.append("")
             for (machine,), grp in by(rows, "machine").items():
                 stamp = grp[0]
                 lines.append(
                     f"**{machine}** (torch {stamp.get('torch')}, triton {stamp.get('triton')}, "
-                    f"threads {stamp.get('threads')}, commit {stamp.get('commit')}, "
+                    f"threads {'per row' if kind == 'threads' else stamp.get('threads')}, "
+                    f"commit {stamp.get('commit')}, "
                     f"run {stamp.get('run', '')})"
                 )
                 peaks = stamp.get("peak_gemm_tflops")
@@ -297,6 +406,7 @@ def digest(tables) -> str:
                     lines.append(f" {machine}: us per update")
                     lines += _pivot(grp, ["N", "d", "clip"], lambda r: f"{r['median_s'] * 1e6:.4g}")
             else:
+                rows = AGGREGATE.get(kind, list)(rows)
                 cols = SPECS[kind][1][:8]
                 lines.append("  " + " | ".join(cols))
                 lines += ["  " + " | ".join(f"{r.get(c)}"[:10] for c in cols) for r in rows]
@@ -351,6 +461,8 @@ def main(argv=None) -> None:
         if flat.get("seek_iteration") or flat.get("seek_whole"):
             made += plot_seek(flat.get("seek_iteration", []), flat.get("seek_whole", []), out, plt)
         made += plot_seek_gpu(flat.get("seek_gpu", []), out, plt)
+        made += plot_eval(flat.get("eval", []), out, plt)
+        made += plot_threads(flat.get("threads", []), out, plt)
     (out / "summary.md").write_text(summary(tables))
     for p in made + [out / "summary.md"]:
         print(f"wrote {p}")

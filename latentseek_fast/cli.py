@@ -29,7 +29,12 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default on a CPU: the cores the load average leaves free, at least 1)",
+    )
     g = p.add_argument_group("seek")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--rho", type=float, default=d.rho, help="fraction of the answer latents optimised (k)")
@@ -126,14 +131,46 @@ def _check_out_dir(out: str) -> None:
         raise CLIError(f"--out {out}: the directory {d} does not exist")
 
 
+def default_cpu_threads(cores: int, load1: float) -> int:
+    """CPU threads for decoding when nobody chose: the cores that the 1-minute load average
+    leaves free (``cores - round(load1)``), at least 1.
+
+    Decoding is one small forward per token, and torch's OpenMP threads wait for each other at
+    every op, so a thread on a core that another process holds slows every token. Measured on
+    the embedded SmolLM2 (fp32, 2-core machine, ``bench/bench_threads.py``, table in
+    ``bench/results/summary.md``): with other jobs loading it, 2 threads were 2-12x slower than 1
+    for a 1 x 1, a 1 x 9 (draft verify) and an 8 x 1 (batched) forward; idle, 2 threads took a
+    1 x 1 forward from 80 ms to 57 ms. Chosen once, when the model loads.
+    """
+    return max(1, min(cores, cores - round(load1)))
+
+
+def _cli_threads(args, device: str) -> int | None:
+    """``--threads``, else on a CPU ``default_cpu_threads`` unless ``OMP_NUM_THREADS`` is set (the
+    user's choice, or torchrun's, whose ranks ``dist.resolve_threads`` has already set); None
+    leaves torch's threads as they are."""
+    if args.threads:
+        return args.threads
+    if (
+        not str(device).startswith("cpu")
+        or os.environ.get("OMP_NUM_THREADS")
+        or os.environ.get("LOCAL_WORLD_SIZE", "1") not in ("", "1")
+    ):
+        return None
+    from .dist import _cores
+
+    return default_cpu_threads(_cores(), os.getloadavg()[0])
+
+
 def _load(args):
     import torch
 
     from .models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = _cli_threads(args, device)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         return load_model(args.model, dtype=args.dtype, device=device)
     except OSError as exc:  # e.g. a Hub name that is not reachable or not a model
