@@ -159,3 +159,98 @@ class AdamGradients:
         for g in self.grads:
             low = (g.abs().min() / g.abs().max()).item()
             assert low > rel, f"a gradient entry is {low:.3g} of the largest: its sign is not robust"
+
+    def flip_reach(self, weight: torch.Tensor, lr: float, steps: int, rel: float = 1e-5) -> float:
+        """How far flipping the sign of every fragile first-step entry (at most ``rel`` of its
+        latent's largest: backends agree to ~1e-6 of it, so larger entries keep their sign) could move
+        a re-decoded top-2 gap. Each Adam step moves an entry by about ``lr``, so a flipped entry ``j``
+        ends at most ``2 * lr * steps`` away, which moves a logit difference by at most that times
+        ``2 * max|weight[:, j]|``; the largest sum over one latent's fragile entries is returned."""
+        assert self.grads, "no Adam step was recorded"
+        col = 2 * weight.detach().abs().amax(dim=0).double()
+        reach = 0.0
+        for g in self.grads:
+            g = g.reshape(-1, g.shape[-1]).abs().double()
+            fragile = g <= rel * g.amax(dim=-1, keepdim=True)
+            reach = max(reach, float((2 * lr * steps * fragile.double() @ col).max()))
+        return reach
+
+
+class LatentDecisions:
+    """While active, records the top-2 gaps of every ``lm_head`` call over a batch of rows (2-D, or
+    ``(rows, 1, vocab)`` as the research code calls it). ``gaps(rows)`` is, per latent position, the
+    smallest gap of the calls over exactly ``rows`` rows: the argmaxes over the optimised latents,
+    which pick each step's gradient tokens and re-decoded tokens."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def _record(self, module, args, out):
+        if out.dim() == 2 or (out.dim() == 3 and out.shape[1] == 1):
+            top = out.detach().double().reshape(-1, out.shape[-1]).topk(2, dim=-1).values
+            self.calls.append(top[:, 0] - top[:, 1])
+
+    def gaps(self, rows: int) -> list[float]:
+        calls = [c for c in self.calls if len(c) == rows]
+        assert calls, f"no lm_head call over {rows} latent rows was recorded"
+        return torch.stack(calls).amin(dim=0).tolist()
+
+    def __enter__(self):
+        self.handle = self.model.lm_head.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# Top-2 logit gap below which two ways of running the embedded model (fp32) may legitimately pick
+# different greedy tokens: their logits differ by rounding only, at most ~4e-5 apart (batch vs single
+# rows; KV cache vs full recompute and backend vs backend are closer), an amount that depends on the
+# CPU's blocking. 1e-4 is 2.5x that. On the reference machine every comparison came out identical
+# and the smallest gap along the compared tokens was 1.3e-3 or more (each test prints its own).
+NEAR_TIE = 1e-4
+
+
+def top2_gaps(model, ids: list[int]) -> list[float]:
+    """The top-2 gap of the model's greedy decision after each prefix ``ids[: i + 1]``: one fp32
+    forward over ``ids`` (a full recompute, the oracle the compared runs approximate), gaps in fp64."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    top = logits.topk(2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).tolist()
+
+
+def assert_same_or_near_tie(
+    model, context_ids, a_ids, b_ids, bound: float = NEAR_TIE, *, redecoded=None, what: str = "tokens"
+):
+    """Two greedy token sequences after ``context_ids``, computed two ways, are identical, or they
+    first differ where the model's top-2 gap is below ``bound`` (a near-tie rounding may flip).
+
+    The gap is the model's own, recomputed from the shared prefix ``context_ids + a_ids[:k]``.
+    ``redecoded=(start, gaps, bound)`` says that positions ``start ..`` were decided by re-decoding
+    optimised latents, not by a forward over the prefix: a difference there is excused only by that
+    measured gap being below that bound. Returns the first differing position (None when identical):
+    what follows a legitimately different token may differ too, so the caller stops comparing there.
+    Prints the gap(s), so a bound can be re-measured with ``pytest -s``.
+    """
+    context, a, b = list(context_ids), list(a_ids), list(b_ids)
+    start, latent_gaps, latent_bound = redecoded if redecoded is not None else (0, [], 0.0)
+    free = range(start, start + len(latent_gaps))
+    if a == b:
+        gaps = top2_gaps(model, context + a)[len(context) - 1 : -1]
+        own = [g for i, g in enumerate(gaps) if i not in free]
+        low = min(own, default=float("inf"))
+        print(f"{what}: identical, {len(a)} tokens, smallest top-2 gap {low:.3g}", end="")
+        print(f", re-decoded {min(latent_gaps):.3g}" if latent_gaps else "")
+        return None
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if k in free:
+        gap, limit = latent_gaps[k - start], latent_bound
+    else:
+        gap, limit = top2_gaps(model, context + a[:k])[-1], bound
+    print(f"{what}: first differ at {k} ({a[k : k + 1]} vs {b[k : k + 1]}), top-2 gap {gap:.3g}")
+    assert gap < limit, (
+        f"{what} differ at position {k} ({a[k : k + 1]} vs {b[k : k + 1]}) where the top-2 gap is "
+        f"{gap:.3g} >= {limit:.3g}: not a near-tie, a real disagreement"
+    )
+    return k

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DecisionGaps
+from conftest import AdamGradients, LatentDecisions, assert_same_or_near_tie
 
 from latentseek_fast import baseline, compat
 
@@ -35,22 +35,46 @@ def prompt(tokenizer):
 @pytest.fixture(scope="module")
 def originals(smol, prompt):
     model, tok = smol
-    with DecisionGaps(model) as gaps:
-        ours = compat.original_generation(prompt, model, tok, "cpu")
-    gaps.assert_clear()  # KV cache vs the baseline's full recompute: no near-tie to flip
-    return ours, baseline.original_generation(prompt, model, tok, "cpu")
+    return compat.original_generation(prompt, model, tok, "cpu"), baseline.original_generation(
+        prompt, model, tok, "cpu"
+    )
+
+
+def _same_answer(model, tok, prompt, ref, got, latent, grads, kw, what):
+    """``got`` equals the research-way result ``ref`` (both ``optimized_generation`` tuples), or their
+    answers part at a near-tie (the re-decoded latents' own, or the continuation's): then only what
+    precedes it is compared."""
+    L = ref[4]
+    reach = grads.flip_reach(model.lm_head.weight, kw["lr"], kw["max_num_steps"])
+    k = assert_same_or_near_tie(
+        model,
+        tok(prompt).input_ids,
+        tok.encode(ref[0]),
+        tok.encode(got[0]),
+        redecoded=(kw.get("start_index", 0), latent.gaps(L), reach),
+        what=what,
+    )
+    if k is None:
+        assert got == ref
+    else:  # the rewards are scripted: the same whatever the answer
+        assert got[1:3] == ref[1:3] and got[4] == L
 
 
 @pytest.mark.slow
 def test_original_generation_formats_and_parity(smol, prompt, originals):
+    """KV-cached greedy decoding equals the baseline's full recompute, or parts from it at a near-tie."""
     model, tok = smol
     (answer, states, ids), (b_answer, b_states, b_ids) = originals
-    assert answer == b_answer and torch.equal(ids, b_ids)
     P = len(tok(prompt).input_ids)
-    assert answer.endswith("<|im_end|>")
+    k = assert_same_or_near_tie(model, ids[0, :P].tolist(), b_ids[0, P:].tolist(), ids[0, P:].tolist())
+    if k is None:
+        assert answer == b_answer and torch.equal(ids, b_ids)
+        assert answer.endswith("<|im_end|>")
     assert ids.shape == (1, P + len(states) - 1)
     assert all(s.shape == (1, model.config.hidden_size) for s in states)
-    for s, b in zip(states, b_states):
+    # states[i] produced token i from the shared prefix while i <= k
+    shared = len(states) if k is None else k + 1
+    for s, b in zip(states[:shared], b_states[:shared]):
         torch.testing.assert_close(s, b, rtol=1e-3, atol=2e-4)
 
 
@@ -59,14 +83,15 @@ def test_original_generation_formats_and_parity(smol, prompt, originals):
 def test_optimized_generation_matches_research_way(smol, prompt, originals, start_index):
     model, tok = smol
     answer, states, ids = originals[0]
-    kw = dict(start_index=start_index, max_num_steps=2, lr=0.05, max_new_tokens=16, k=0.3)
+    kw = dict(start_index=start_index, max_num_steps=2, lr=0.05, max_new_tokens=12, k=0.3)
+    with AdamGradients() as grads, LatentDecisions(model) as latent:
+        ref = baseline.optimized_generation(
+            ScriptedRM(-1.0, -0.5, 0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+        )
     ours = compat.optimized_generation(
         ScriptedRM(-1.0, -0.5, 0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
     )
-    ref = baseline.optimized_generation(
-        ScriptedRM(-1.0, -0.5, 0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
-    )
-    assert ours == ref
+    _same_answer(model, tok, prompt, ref, ours, latent, grads, kw, f"start_index={start_index}")
     assert ours[1] == [-1.0, -0.5, 0.0] and ours[2] == len(states) and ours[4] == int(0.3 * len(states))
 
 
@@ -74,10 +99,11 @@ def test_optimized_generation_matches_research_way(smol, prompt, originals, star
 def test_fast_backend_gives_the_same_answer(smol, prompt, originals):
     model, tok = smol
     answer, states, ids = originals[0]
-    kw = dict(max_num_steps=2, lr=0.05, max_new_tokens=16, k=0.3)
-    ref = compat.optimized_generation(
-        ScriptedRM(-1.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
-    )
+    kw = dict(max_num_steps=2, lr=0.05, max_new_tokens=12, k=0.3)
+    with AdamGradients() as grads, LatentDecisions(model) as latent:
+        ref = compat.optimized_generation(
+            ScriptedRM(-1.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids, **kw
+        )
     saved = compat.configure()
     try:
         compat.configure(backend="torch", latent_dtype="fp32")
@@ -86,7 +112,7 @@ def test_fast_backend_gives_the_same_answer(smol, prompt, originals):
         )
     finally:
         compat.configure(**saved)
-    assert fast == ref
+    _same_answer(model, tok, prompt, ref, fast, latent, grads, kw, "torch backend")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import AdamGradients, LatentDecisions, assert_same_or_near_tie, make_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -390,35 +390,25 @@ def test_cli_draft_tokens(tmp_path, tokenizer, capsys):
     assert "draft_tokens=-1" in capsys.readouterr().err
 
 
-def _first_difference(a: list[int], b: list[int]) -> int | None:
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b))
-    )
-
-
-def _top2_gap(model, ids: list[int]) -> float:
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, -1]
-    top = torch.topk(logits.double(), 2).values
-    return float(top[0] - top[1])
-
-
 @pytest.mark.slow
 def test_drafts_on_the_embedded_model(smol):
-    """Drafts on and off give the same answers; where a token differs, greedy was at a near-tie."""
+    """Drafts on and off give the same answers, or part at a near-tie (``assert_same_or_near_tie``)."""
     from latentseek_fast.demo import demo_problems
     from latentseek_fast.prompts import build_prompt
 
     model, tok = smol
     problem = demo_problems()[1]  # greedy gets it wrong: iterations run
-    kw = {"max_new_tokens": 64, "max_steps": 2, "rho": 0.2, "backend": "torch"}
+    # the reference backend's torch.optim.Adam lets AdamGradients see the first step's gradient
+    kw = {"max_new_tokens": 64, "max_steps": 2, "rho": 0.2, "lr": 0.03, "backend": "reference"}
     on = seek(model, tok, problem, None, draft_tokens=8, **kw)
-    off = seek(model, tok, problem, None, draft_tokens=0, **kw)
+    with AdamGradients() as grads, LatentDecisions(model) as latent:
+        off = seek(model, tok, problem, None, draft_tokens=0, **kw)
     assert on.decode_stats["accepted"] > 0
     prompt = tok(build_prompt(tok, problem.question, dataset=problem.dataset)).input_ids
-    for a, b in ((on.original_ids, off.original_ids), (on.answer_ids, off.answer_ids)):
-        i = _first_difference(a, b)
-        if i is not None:  # the only excuse: two candidate tokens within 1e-4 of each other
-            assert _top2_gap(model, prompt + a[:i]) < 1e-4, f"tokens differ at {i} without a near-tie"
-            return
-    assert on.rewards == off.rewards and on.answer == off.answer
+    if assert_same_or_near_tie(model, prompt, off.original_ids, on.original_ids, what="original") is not None:
+        return
+    # drafted decoding's latents differ from plain decoding's by rounding: fragile gradient signs
+    reach = grads.flip_reach(model.lm_head.weight, kw["lr"], kw["max_steps"])
+    redecoded = (0, latent.gaps(off.update_length), reach)
+    if assert_same_or_near_tie(model, prompt, off.answer_ids, on.answer_ids, redecoded=redecoded) is None:
+        assert on.rewards == off.rewards and on.answer == off.answer

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DecisionGaps, make_tiny_model
+from conftest import DecisionGaps, assert_same_or_near_tie, make_tiny_model
 
 from latentseek_fast import decode, decode_batch
 from latentseek_fast.rewards import PSRM, Reward, RewardError, SelfReward, as_reward
@@ -345,7 +345,9 @@ def test_real_model_batched_matches_sequential(smol):
         )
     ]
     batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
-    assert batched == [decode_batch.greedy_generate_batch(model, tok, [p], 4)[0] for p in prompts]
+    for p, row in zip(prompts, batched):
+        single = decode_batch.greedy_generate_batch(model, tok, [p], 4)[0]
+        assert_same_or_near_tie(model, tok(p).input_ids, single, row, what="batched row")
     assert tok.convert_tokens_to_ids("<|im_end|>") in decode_batch.stop_token_ids(tok, model)
 
 

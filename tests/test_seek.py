@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from conftest import AdamGradients, DecisionGaps, make_tiny_model
+from conftest import AdamGradients, DecisionGaps, LatentDecisions, assert_same_or_near_tie, make_tiny_model
 
 from latentseek_fast import SeekConfig, decode, seek
+from latentseek_fast.prompts import build_prompt
 from latentseek_fast.rewards import RewardError
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
@@ -234,35 +235,35 @@ def test_tokenizer_without_chat_template_falls_back(tiny):
 
 @pytest.mark.slow
 def test_seek_on_the_embedded_model(smol):
-    """A short end-to-end seek on the real model: greedy answers identical across backends.
+    """A short end-to-end seek on the real model: greedy answers identical across backends, or
+    different from a near-tie on (see ``assert_same_or_near_tie``).
 
     The triton backend runs its kernels in Triton's CPU interpreter here (~13 s a call at the
     real 49152 x 576 head), or for real on a CUDA machine.
     """
     model, tok = smol
     question = "A box has 4 red balls and 5 blue balls. How many balls are in the box?"
-    results = {}
-    backends = ("reference", "torch") if torch.cuda.is_available() else ("reference", "torch", "triton")
-    for backend in backends:
-        results[backend] = seek(
-            model,
-            tok,
-            question,
-            Scripted(-1.0),
-            max_new_tokens=48,
-            rho=0.2,
-            lr=0.05,
-            max_steps=2,
-            backend=backend,
-        )
-    ref, fast = results["reference"], results["torch"]
-    assert ref.original_ids == fast.original_ids  # the original generation has no latent step
-    stop = decode.stop_ids(tok)  # it ends at its first stop token, or at the 48-token cap
+    kw = dict(max_new_tokens=24, rho=0.2, lr=0.05, max_steps=2)
+    with AdamGradients() as grads, LatentDecisions(model) as latent:
+        ref = seek(model, tok, question, Scripted(-1.0), backend="reference", **kw)
+    assert ref.iterations == 2
+    stop = decode.stop_ids(tok)  # it ends at its first stop token, or at the 24-token cap
     assert not any(t in stop for t in ref.original_ids[:-1])
-    assert ref.original_ids[-1] in stop or ref.original_length == 48
-    assert ref.answer_ids == fast.answer_ids and ref.iterations == 2
-    if "triton" in results:
-        assert results["triton"].answer_ids == ref.answer_ids and results["triton"].backend == "triton"
+    assert ref.original_ids[-1] in stop or ref.original_length == 24
+    prompt = tok(build_prompt(tok, question), return_tensors="pt").input_ids[0].tolist()
+    # A fragile gradient entry's sign may flip on another CPU and move the re-decoded latents: a
+    # re-decoded token that differs is excused only if its gap is within that move's reach.
+    reach = grads.flip_reach(model.lm_head.weight, kw["lr"], kw["max_steps"])
+    redecoded = (0, latent.gaps(ref.update_length), reach)
+    backends = ("torch",) if torch.cuda.is_available() else ("torch", "triton")
+    for backend in backends:
+        fast = seek(model, tok, question, Scripted(-1.0), backend=backend, **kw)
+        assert fast.backend == backend
+        # the original generation has no latent step
+        if assert_same_or_near_tie(model, prompt, ref.original_ids, fast.original_ids, what=backend) is None:
+            assert_same_or_near_tie(
+                model, prompt, ref.answer_ids, fast.answer_ids, redecoded=redecoded, what=backend
+            )
     assert decode.lm_head_of(model) is model.lm_head
 
 
