@@ -157,9 +157,9 @@ def _cli_threads(args, device: str) -> int | None:
         or os.environ.get("LOCAL_WORLD_SIZE", "1") not in ("", "1")
     ):
         return None
-    from .dist import _cores
+    from .dist import cpu_cores
 
-    return default_cpu_threads(_cores(), os.getloadavg()[0])
+    return default_cpu_threads(cpu_cores(), os.getloadavg()[0])
 
 
 def _load(args):

@@ -172,7 +172,8 @@ def resolve_device(
     return f"cuda:{env.local_rank}"
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -195,7 +196,7 @@ def resolve_threads(
         return requested
     if env.local_world_size == 1 or not str(device).startswith("cpu"):
         return None
-    cores = _cores() if cores is None else cores
+    cores = cpu_cores() if cores is None else cores
     return max(1, cores // env.local_world_size)
 
 
