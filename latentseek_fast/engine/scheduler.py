@@ -442,6 +442,8 @@ class Engine:
                 try:
                     tokens.append(checked_step(p.stepper, r, p.steps, label(p.index), nxt))
                 except (ValueError, RuntimeError) as e:
+                    if type(e) not in (ValueError, RuntimeError):
+                        raise  # subclasses (out of memory, ...) keep their type, as in seek
                     raise ProblemError(p.index, e) from e
                 p.clock["latent"] += time.perf_counter() - t0
         else:
