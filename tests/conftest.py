@@ -49,6 +49,16 @@ def tokenizer(smol):
     return smol[1]
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random Llama and the embedded tokenizer saved as a model directory, for tests
+    that run real ``latentseek-fast`` processes (``--model DIR``)."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(hidden=32, layers=1).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
 def make_tiny_model(
     arch: str = "llama",
     vocab_size: int = 49152,

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_tiny_model
 
 from latentseek_fast.results import read_results
 
@@ -26,14 +25,6 @@ VOLATILE = ("timings", "seconds", "reused")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_model(hidden=32, layers=1).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [{"question": f"What is {i} + {2 * i}?", "answer": f"#### {3 * i}"} for i in range(5)]
@@ -41,12 +32,12 @@ def data_file(tmp_path_factory):
     return str(p)
 
 
-def _eval(model_dir, data_file, out, *extra, nproc=None):
+def _eval(tiny_model_dir, data_file, out, *extra, nproc=None):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable]
     if nproc is not None:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += ["-m", "latentseek_fast.cli", "eval", "--model", model_dir, "--data", data_file]
+    cmd += ["-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir, "--data", data_file]
     cmd += ["--out", str(out), *FAST, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     return p.returncode, p.stdout + p.stderr
@@ -57,9 +48,9 @@ def _stable(rows):
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir, data_file, tmp_path_factory):
+def reference(tiny_model_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "r.jsonl"
-    rc, log = _eval(model_dir, data_file, out, "--limit", "4", "--batch-size", "1")
+    rc, log = _eval(tiny_model_dir, data_file, out, "--limit", "4", "--batch-size", "1")
     assert rc == 0, log
     rows = read_results(out)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
@@ -75,28 +66,28 @@ def test_rows_carry_every_iterations_prediction(reference):
     assert any(r["iterations"] > 0 for r in reference)  # the seeks did step
 
 
-def test_batched_engine_writes_the_rows_of_sequential_seeks(model_dir, data_file, tmp_path, reference):
+def test_batched_engine_writes_the_rows_of_sequential_seeks(tiny_model_dir, data_file, tmp_path, reference):
     out = tmp_path / "r.jsonl"
-    rc, log = _eval(model_dir, data_file, out, "--limit", "4", "--batch-size", "3")
+    rc, log = _eval(tiny_model_dir, data_file, out, "--limit", "4", "--batch-size", "3")
     assert rc == 0, log
     assert _stable(sorted(read_results(out), key=lambda r: r["index"])) == _stable(reference)
 
 
-def test_torchrun_two_ranks_merge_to_the_one_process_rows(model_dir, data_file, tmp_path, reference):
+def test_torchrun_two_ranks_merge_to_the_one_process_rows(tiny_model_dir, data_file, tmp_path, reference):
     out = tmp_path / "r.jsonl"
-    rc, log = _eval(model_dir, data_file, out, "--limit", "4", nproc=2)
+    rc, log = _eval(tiny_model_dir, data_file, out, "--limit", "4", nproc=2)
     assert rc == 0, log
     assert _stable(read_results(out)) == _stable(reference)  # merged in problem order
     assert os.listdir(tmp_path) == ["r.jsonl"]  # the rank shards were merged and removed
     assert log.count("| 4 |") == 1  # rank 0 alone prints the summary
 
 
-def test_resume_on_another_world_size_runs_only_the_rest(model_dir, data_file, tmp_path, reference):
+def test_resume_on_another_world_size_runs_only_the_rest(tiny_model_dir, data_file, tmp_path, reference):
     out = tmp_path / "r.jsonl"
-    rc, log = _eval(model_dir, data_file, out, "--limit", "1", "--batch-size", "1")
+    rc, log = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--batch-size", "1")
     assert rc == 0, log
     first = read_results(out)
-    rc, log = _eval(model_dir, data_file, out, "--limit", "4", "--resume", nproc=2)
+    rc, log = _eval(tiny_model_dir, data_file, out, "--limit", "4", "--resume", nproc=2)
     assert rc == 0, log
     rows = read_results(out)
     assert rows[0] == first[0]  # the finished row is kept as it was, not run again

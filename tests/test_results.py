@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-from conftest import make_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -234,14 +233,6 @@ FAST = ["--max-new-tokens", "4", "--max-steps", "1", "--rho", "0.5", "--threads"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_model(hidden=32, layers=1).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
@@ -249,14 +240,15 @@ def data_file(tmp_path_factory):
     return str(p)
 
 
-def _eval_cmd(model_dir, data_file, out, *extra):
-    head = [sys.executable, "-m", "latentseek_fast.cli", "eval", "--model", model_dir, "--data", data_file]
+def _eval_cmd(tiny_model_dir, data_file, out, *extra):
+    head = [sys.executable, "-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir]
+    head += ["--data", data_file]
     return [*head, "--out", str(out), *FAST, *extra]
 
 
-def _eval(model_dir, data_file, out, *extra):
+def _eval(tiny_model_dir, data_file, out, *extra):
     return subprocess.run(
-        _eval_cmd(model_dir, data_file, out, *extra), capture_output=True, text=True, timeout=600
+        _eval_cmd(tiny_model_dir, data_file, out, *extra), capture_output=True, text=True, timeout=600
     )
 
 
@@ -268,40 +260,40 @@ def _one_line_error(proc, *needles):
         assert n in lines[0], lines[0]
 
 
-def test_eval_blank_line_stops_and_keeps_every_row(model_dir, data_file, tmp_path):
+def test_eval_blank_line_stops_and_keeps_every_row(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "r.jsonl"
     lines = _lines(_write(out, [0, 1, 2]))
     data = lines[0] + b"\n" + lines[1] + lines[2]
     out.write_bytes(data)
-    proc = _eval(model_dir, data_file, out, "--limit", "1", "--resume")
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--resume")
     _one_line_error(proc, f"{out}:2: blank line")
     assert out.read_bytes() == data
 
 
-def test_eval_corrupted_first_line_leaves_file(model_dir, data_file, tmp_path):
+def test_eval_corrupted_first_line_leaves_file(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "r.jsonl"
     data = b'{"index": 0, "id": "gsm8k-0", "orig}\n' + b"".join(_lines(_write(tmp_path / "x.jsonl", [1, 2])))
     out.write_bytes(data)
-    proc = _eval(model_dir, data_file, out, "--limit", "0", "--resume")
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "0", "--resume")
     _one_line_error(proc, f"{out}:1: not JSON")
     assert out.read_bytes() == data
 
 
-def test_eval_resume_on_a_non_results_file(model_dir, data_file, tmp_path):
+def test_eval_resume_on_a_non_results_file(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "data_copy.jsonl"
     data = open(data_file, "rb").read().replace(b", ", b",  ")
     out.write_bytes(data)
-    proc = _eval(model_dir, data_file, out, "--limit", "1", "--resume")
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--resume")
     _one_line_error(proc, f"{out}:1: missing keys", "not a results row")
     assert out.read_bytes() == data
 
 
-def test_eval_summary_counts_each_problem_once(model_dir, data_file, tmp_path):
+def test_eval_summary_counts_each_problem_once(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "r.jsonl"
     lines = _lines(_write(tmp_path / "x.jsonl", [0, 1]))
     data = lines[0] + lines[0] + lines[1] + lines[1]  # an old file with duplicated rows
     out.write_bytes(data)
-    proc = _eval(model_dir, data_file, out, "--limit", "2", "--resume", "--json")
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "2", "--resume", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["problems"] == 2
     assert out.read_bytes() == data
@@ -322,13 +314,13 @@ def _holds_flock(pid: int, path) -> bool:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux /proc/locks to see the lock")
-def test_eval_second_writer_while_first_runs(model_dir, data_file, tmp_path):
+def test_eval_second_writer_while_first_runs(tiny_model_dir, data_file, tmp_path):
     """Run A (--limit 3) is stopped (SIGSTOP) once it holds the file (or, without a lock, has
     written a row); run B (--limit 1 --resume) on the same --out must fail clearly and leave the
     file alone; A then finishes with all 3 rows and a 3-problem summary."""
     out = tmp_path / "r.jsonl"
     a = subprocess.Popen(
-        _eval_cmd(model_dir, data_file, out, "--limit", "3", "--json"),
+        _eval_cmd(tiny_model_dir, data_file, out, "--limit", "3", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -341,7 +333,7 @@ def test_eval_second_writer_while_first_runs(model_dir, data_file, tmp_path):
             time.sleep(0.01)
         os.kill(a.pid, signal.SIGSTOP)
         before = out.read_bytes()
-        b = _eval(model_dir, data_file, out, "--limit", "1", "--resume")
+        b = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--resume")
         assert out.read_bytes() == before
         _one_line_error(b, "locked by another writer")
     finally:
@@ -352,10 +344,10 @@ def test_eval_second_writer_while_first_runs(model_dir, data_file, tmp_path):
     assert json.loads(stdout.strip().splitlines()[-1])["problems"] == 3
 
 
-def test_eval_two_plain_runs_at_once(model_dir, data_file, tmp_path):
+def test_eval_two_plain_runs_at_once(tiny_model_dir, data_file, tmp_path):
     """Two runs started together on one new --out: one writes every row once, the other stops."""
     out = tmp_path / "r.jsonl"
-    cmd = _eval_cmd(model_dir, data_file, out, "--limit", "2", "--json")
+    cmd = _eval_cmd(tiny_model_dir, data_file, out, "--limit", "2", "--json")
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
