@@ -140,8 +140,8 @@ def default_cpu_threads(cores: int, load1: float) -> int:
     the embedded SmolLM2 (fp32, 2-core machine, ``bench/bench_threads.py``, table in
     ``bench/results/threads.csv``): with other jobs loading it (1-minute load 5.7-9.8), 2 threads
     were 2.8-22x slower than 1 in every round for a 1 x 1, a 1 x 9 (draft verify) and an 8 x 1
-    (batched) forward; idle, 2 threads took a 1 x 1 forward from 80 ms to 57 ms. Chosen once,
-    when the model loads.
+    (batched) forward; idle (load 0.4-0.7), 2 threads took them from 87 / 195 / 213 ms to
+    56 / 109 / 118 ms. Chosen once, when the model loads.
     """
     return max(1, min(cores, cores - round(load1)))
 
