@@ -63,6 +63,12 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
         help="default: psrm when a ground truth is known, else self",
     )
     g.add_argument("--format-rule", action="store_true", help="self-reward: require \\boxed{} (-2)")
+    g.add_argument(
+        "--verifier-tokens",
+        type=int,
+        default=None,
+        help="self-reward: new-token cap of each verifier reply (default 4096, the paper's)",
+    )
     g.add_argument("--prompt", choices=("boxed", "json"), default="boxed", help="solver prompt style")
     g.add_argument("--dataset", default=None, help="gsm8k, math500 or aime (default: detected)")
 
@@ -104,6 +110,8 @@ def _preflight(args) -> None:
 
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads {args.threads}: expected an integer >= 1")
+    if args.verifier_tokens is not None and args.verifier_tokens < 1:
+        raise CLIError(f"--verifier-tokens {args.verifier_tokens}: expected an integer >= 1")
     parse_dtype(args.dtype)
     if args.device is not None:
         try:
@@ -191,6 +199,7 @@ def _reward(args, model, tokenizer, problem):
         dataset=problem.dataset,
         style=args.prompt,
         format_rule=args.format_rule,
+        verifier_tokens=args.verifier_tokens,
     )
 
 

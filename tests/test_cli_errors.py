@@ -96,3 +96,11 @@ def test_threads_below_one(no_load, data_file, tmp_path, capsys, threads):
 def test_dtype_checked_before_load(no_load, capsys):
     assert cli.main(["run", "--dtype", "float8"]) == 2
     _one_line(capsys, "dtype='float8'")
+
+
+@pytest.mark.parametrize("cap", ["0", "-5"])
+def test_verifier_tokens_below_one(no_load, data_file, tmp_path, capsys, cap):
+    assert _eval(data_file, tmp_path / "r.jsonl", "--reward", "self", "--verifier-tokens", cap) == 2
+    _one_line(capsys, f"--verifier-tokens {cap}: expected an integer >= 1")
+    assert cli.main(["run", "--reward", "self", "--verifier-tokens", cap]) == 2
+    _one_line(capsys, f"--verifier-tokens {cap}")

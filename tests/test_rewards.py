@@ -204,6 +204,25 @@ def test_self_reward_format_rule(monkeypatch, answer, rejected, expected):
         assert SelfReward(None, tok)("q", answer) == 0.0
 
 
+def test_make_reward_caps_verifier_replies(monkeypatch):
+    """``verifier_tokens`` (the CLI's ``--verifier-tokens``) reaches the verifiers' generate call."""
+    from latentseek_fast.cli import _reward, build_parser
+    from latentseek_fast.data import Problem
+    from latentseek_fast.rewards import make_reward
+
+    tok, calls = _scripted(monkeypatch, {n: True for n in NAMES})
+    assert make_reward("self", None, tok, verifier_tokens=9)("q", "a") == 0.0
+    assert make_reward("self", None, tok).max_new_tokens == 4096  # the paper's cap by default
+    assert isinstance(make_reward("psrm", gold="3", verifier_tokens=9), PSRM)  # PSRM has no verifiers
+    argv = ["eval", "--data", "d.jsonl", "--reward", "self", "--verifier-tokens", "33"]
+    problem = Problem(id="0", question="q", gold="3", dataset="gsm8k")
+    reward = _reward(build_parser().parse_args(argv), None, tok, problem)
+    assert reward("q", "a") == 0.0
+    assert [max_new for _, max_new in calls] == [9, 33]
+    default = _reward(build_parser().parse_args(argv[:-2]), None, tok, problem)
+    assert default.max_new_tokens == 4096
+
+
 def test_self_reward_unbatched_runs_one_prompt_at_a_time(monkeypatch):
     tok, calls = _scripted(monkeypatch, {n: n != "answer" for n in NAMES})
     reward = SelfReward(None, tok, batched=False)

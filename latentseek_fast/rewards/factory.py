@@ -23,16 +23,19 @@ def make_reward(
     dataset: str = "gsm8k",
     style: str = "boxed",
     format_rule: bool = False,
+    verifier_tokens: int | None = None,
 ) -> Reward:
     """The ``Reward`` for ``reward``.
 
     - None: ``"psrm"`` when a ground truth ``gold`` is known, else ``"self"``.
     - ``"psrm"``: ``PSRM(gold, dataset, style)`` (needs ``gold``).
-    - ``"self"``: ``SelfReward(model, tokenizer, format_rule=format_rule)``.
+    - ``"self"``: ``SelfReward(model, tokenizer, format_rule=format_rule)``, its verifier replies
+      capped at ``verifier_tokens`` new tokens (None: ``SelfReward``'s default, the paper's 4096).
     - anything else ``as_reward`` accepts (a Reward, an object with ``get_reward``, a callable
       ``(question, answer) -> number``) is wrapped, so its values are validated on every call.
 
-    ``format_rule`` (answers without ``\\boxed{}`` lose 2 of 6) applies to self-reward only.
+    ``format_rule`` (answers without ``\\boxed{}`` lose 2 of 6) and ``verifier_tokens`` apply to
+    self-reward only.
     """
     if reward is None:
         reward = "psrm" if gold is not None else "self"
@@ -42,6 +45,7 @@ def make_reward(
                 raise ValueError("reward='psrm' needs a ground-truth answer (a Problem with gold, or --gold)")
             return PSRM(gold, dataset=dataset, style=style)
         if reward == "self":
-            return SelfReward(model, tokenizer, format_rule=format_rule)
+            cap = {} if verifier_tokens is None else {"max_new_tokens": verifier_tokens}
+            return SelfReward(model, tokenizer, format_rule=format_rule, **cap)
         raise ValueError(f"reward={reward!r}: allowed names are {REWARD_NAMES}, or pass a callable")
     return as_reward(reward)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The committed accuracy runs: the first N GSM8K test problems on the embedded SmolLM2-135M,
+# PSRM and self-reward, the paper's seek defaults (lr 0.03, rho 0.1, 10 steps, threshold -0.2,
+# 1024 new tokens), the boxed prompt, as torchrun ranks of 1 thread each; then the report.
+#
+#   bash bench/accuracy.sh                 # both runs, then the report (2 ranks, N=32)
+#   REWARDS=psrm bash bench/accuracy.sh    # one run; N, VERIFIER_TOKENS, NPROC, OUTDIR, DATA likewise
+#
+# Each run appends `<reward>.log` (the eval output and its wall time) and `<reward>.txt` (commit,
+# versions, machine, settings, wall seconds) in OUTDIR. An interrupted run continues with
+# RESUME=1 (eval --resume: nothing lost or run twice).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-32}
+VERIFIER_TOKENS=${VERIFIER_TOKENS:-128}
+NPROC=${NPROC:-2}
+REWARDS=${REWARDS:-"psrm self"}
+OUTDIR=${OUTDIR:-bench/results/accuracy}
+DATA=${DATA:-../shared/data/gsm8k_test.jsonl}
+BATCH=${BATCH:-8}
+mkdir -p "$OUTDIR"
+resume=()
+[[ "${RESUME:-0}" == 1 ]] && resume=(--resume)
+for reward in $REWARDS; do
+    extra=()
+    [[ "$reward" == self ]] && extra=(--verifier-tokens "$VERIFIER_TOKENS")
+    start=$(date +%s)
+    set -o pipefail
+    torchrun --nproc-per-node "$NPROC" --no-python latentseek-fast eval --data "$DATA" --limit "$N" \
+        --reward "$reward" --prompt boxed --threads 1 --batch-size "$BATCH" "${extra[@]}" \
+        --out "$OUTDIR/$reward.jsonl" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
+        | tee -a "$OUTDIR/$reward.log"
+    wall=$(($(date +%s) - start))
+    python - "$OUTDIR/$reward.txt" "$reward" "$wall" "$N" "$NPROC" "$BATCH" "${extra[*]:-}" <<'PY'
+import os, platform, subprocess, sys
+import torch, transformers
+path, reward, wall, n, nproc, batch, extra = sys.argv[1:]
+commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+with open(path, "a") as f:
+    f.write(
+        f"reward={reward} problems={n} ranks={nproc} threads_per_rank=1 batch_size={batch} {extra}\n"
+        f"wall_s={wall} commit={commit}{'-dirty' if dirty else ''} machine={cpu} x{os.cpu_count()}\n"
+        f"torch={torch.__version__} transformers={transformers.__version__} python={platform.python_version()}\n"
+    )
+PY
+done
+if [[ -f "$OUTDIR/psrm.jsonl" && -f "$OUTDIR/self.jsonl" ]]; then
+    latentseek-fast report "$OUTDIR/psrm.jsonl" --compare "$OUTDIR/self.jsonl" --out "$OUTDIR/report.png" \
+        | tee "$OUTDIR/report.txt"
+fi
