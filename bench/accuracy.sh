@@ -18,20 +18,25 @@ REWARDS=${REWARDS:-"psrm self"}
 OUTDIR=${OUTDIR:-bench/results/accuracy}
 DATA=${DATA:-../shared/data/gsm8k_test.jsonl}
 BATCH=${BATCH:-8}
+# Self-reward: each problem in flight also holds its 4 verifier rows, each a slot of the engine's
+# padded KV store (SmolLM2 fp32: 30 layers x K,V x 3 heads x 64 x 4 bytes = 46 KB per position,
+# ~95 MB per slot at 2048 positions, and the store doubles as it grows): 4 problems per rank.
+SELF_BATCH=${SELF_BATCH:-4}
 mkdir -p "$OUTDIR"
 resume=()
 [[ "${RESUME:-0}" == 1 ]] && resume=(--resume)
 for reward in $REWARDS; do
     extra=()
-    [[ "$reward" == self ]] && extra=(--verifier-tokens "$VERIFIER_TOKENS")
+    batch=$BATCH
+    [[ "$reward" == self ]] && extra=(--verifier-tokens "$VERIFIER_TOKENS") && batch=$SELF_BATCH
     start=$(date +%s)
     set -o pipefail
     torchrun --nproc-per-node "$NPROC" --no-python latentseek-fast eval --data "$DATA" --limit "$N" \
-        --reward "$reward" --prompt boxed --threads 1 --batch-size "$BATCH" "${extra[@]}" \
+        --reward "$reward" --prompt boxed --threads 1 --batch-size "$batch" "${extra[@]}" \
         --out "$OUTDIR/$reward.jsonl" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
         | tee -a "$OUTDIR/$reward.log"
     wall=$(($(date +%s) - start))
-    python - "$OUTDIR/$reward.txt" "$reward" "$wall" "$N" "$NPROC" "$BATCH" "${extra[*]:-}" <<'PY'
+    python - "$OUTDIR/$reward.txt" "$reward" "$wall" "$N" "$NPROC" "$batch" "${extra[*]:-}" <<'PY'
 import os, platform, subprocess, sys
 import torch, transformers
 path, reward, wall, n, nproc, batch, extra = sys.argv[1:]

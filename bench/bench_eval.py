@@ -7,7 +7,9 @@ own PSRM (its gold answer), the paper's ``SeekConfig`` except ``max_steps`` 4 an
 - ``seq-nodraft``: ``seek`` one problem after the other, ``draft_tokens=0`` (the baseline);
 - ``seq-draft``: the same with ``draft_tokens=--draft-tokens`` (default 8);
 - ``batch4`` / ``batch8`` / ``batch16``: ``seek_many`` with that ``batch_size``, drafts on
-  (``draft_tokens`` is passed through to the engine).
+  (``draft_tokens`` is passed through to the engine);
+- ``seq-cost``, ``batch4-cost`` / ``batch8-cost`` / ``batch16-cost``: the same with
+  ``draft_policy="cost"`` (drafts cut to the width a cost model of the forward says pays off).
 
 Per configuration (one row of ``results/eval.csv``): wall seconds, problems per hour, the
 speed-up against the baseline, tokens per forward (the sum over problems of
@@ -23,8 +25,8 @@ divergence inside the re-decoded latent prefix (the first L tokens of an iterati
 from optimised latents rather than by the model's forward) cannot be rescored and says
 ``latent prefix``.
 
-Run (about an hour on a quiet 2-core CPU; the slowest configuration is the baseline):
-``python bench/bench_eval.py --threads 1``. Smoke run: ``python bench/bench_eval.py --quick``
+Run (on a quiet 2-core CPU at 2 threads: 49 minutes for the first five configurations, the
+baseline 24 of them; the four ``*-cost`` ones come on top): ``python bench/bench_eval.py --threads 2``. Smoke run: ``python bench/bench_eval.py --quick``
 (2 problems, 1 step, 24 new tokens, writes outside bench/results unless ``--out`` says so).
 """
 
@@ -49,13 +51,17 @@ from latentseek_fast.prompts import build_prompt  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 DATA_NAME = "gsm8k_test.jsonl"
 BASELINE = "seq-nodraft"
-# name -> (batch size or None for sequential seek, drafts on)
+# name -> (batch size or None for sequential seek, draft policy or None for drafts off)
 CONFIGS = {
-    "seq-nodraft": (None, False),
-    "seq-draft": (None, True),
-    "batch4": (4, True),
-    "batch8": (8, True),
-    "batch16": (16, True),
+    "seq-nodraft": (None, None),
+    "seq-draft": (None, "full"),
+    "batch4": (4, "full"),
+    "batch8": (8, "full"),
+    "batch16": (16, "full"),
+    "seq-cost": (None, "cost"),
+    "batch4-cost": (4, "cost"),
+    "batch8-cost": (8, "cost"),
+    "batch16-cost": (16, "cost"),
 }
 # Below this top-2 logit gap (fp32) a different token is a rounding-order near-tie, not a bug.
 NEAR_TIE = 1e-4
@@ -94,8 +100,8 @@ def find_data(explicit: str | None) -> Path:
 
 def run_config(name, model, tok, problems, config: SeekConfig, draft_tokens: int) -> tuple[list, float]:
     """``(results, wall seconds)`` of one configuration over ``problems``."""
-    batch, drafts = CONFIGS[name]
-    overrides = {"draft_tokens": draft_tokens if drafts else 0}
+    batch, policy = CONFIGS[name]
+    overrides = {"draft_tokens": draft_tokens if policy else 0, "draft_policy": policy or "full"}
     t0 = time.perf_counter()
     if batch is None:
         results = [seek(model, tok, p, "psrm", config, **overrides) for p in problems]
@@ -241,6 +247,7 @@ def main(argv=None) -> None:
             max_steps=args.max_steps,
             max_new_tokens=args.max_new_tokens,
             draft_tokens=args.draft_tokens if CONFIGS[name][1] else 0,
+            draft_policy=CONFIGS[name][1] or "",
         )
         if name == BASELINE:
             base = (results, wall)

@@ -11,7 +11,7 @@ import sys
 import time
 
 from .backends import BACKENDS, MODES
-from .config import LATENT_DTYPES, REWARD_NAMES, SeekConfig
+from .config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
 from .dist import record, record_error
 
 
@@ -54,6 +54,12 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
         default=d.draft_tokens,
         help="tokens drafted from the prompt and earlier answers per forward, verified greedily "
         "(same answer, fewer forwards); 0: off",
+    )
+    g.add_argument(
+        "--draft-policy",
+        choices=DRAFT_POLICIES,
+        default=d.draft_policy,
+        help="full: feed every draft; cost: only as many as a cost model of the forward says pay off",
     )
     g = p.add_argument_group("task")
     g.add_argument(

@@ -8,6 +8,8 @@ from ._util import TEMPERATURE_MIN
 from .backends import BACKENDS, MODES
 
 LATENT_DTYPES = ("fp32", "model")
+# How many proposed drafts a forward feeds (``SeekConfig.draft_policy``; see ``drafts.best_width``).
+DRAFT_POLICIES = ("full", "cost")
 # Rewards that can be named instead of passed as objects (built by ``rewards.make_reward``).
 REWARD_NAMES = ("psrm", "self")
 # The research code never optimises more than 300 latents, however long the answer.
@@ -43,6 +45,8 @@ class SeekConfig:
     - ``draft_tokens``: most tokens drafted per forward when decoding the original answer and the
       continuations (copied from the prompt and the problem's earlier answers, verified by greedy
       decoding; see ``drafts.py``); 0 decodes one token per forward. The tokens are the same.
+    - ``draft_policy``: ``full`` feeds every draft proposed; ``cost`` feeds only as many as pay for
+      their compute by a cost model of the forward (``drafts.best_width``). The tokens are the same.
     - ``reuse``: an iteration whose re-decoded tokens equal an earlier iteration's reuses that
       continuation (and its reward, when the reward declares itself deterministic).
     """
@@ -61,6 +65,7 @@ class SeekConfig:
     temperature: float = 1.0
     seed: int = 0
     draft_tokens: int = 8
+    draft_policy: str = "full"
     reuse: bool = True
 
     def __post_init__(self) -> None:
@@ -108,6 +113,8 @@ class SeekConfig:
             bad("grad_clip", "expected None or a finite number >= 0")
         if not isinstance(self.reuse, bool):
             bad("reuse", "expected True or False")
+        if self.draft_policy not in DRAFT_POLICIES:
+            bad("draft_policy", f"allowed values are {DRAFT_POLICIES}")
         if self.backend not in BACKENDS:
             bad("backend", f"allowed values are {BACKENDS}")
         if self.latent_dtype not in LATENT_DTYPES:

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import DRAFT_POLICIES
+
 # Longest n-gram matched. The issue's simulation (GSM8K test 10-13, 3 iterations, drafts from the
 # latest match of the context's last 1-4 tokens) accepted 3.4 tokens per forward.
 MAX_NGRAM = 4
@@ -38,6 +40,61 @@ MAX_NGRAM = 4
 # 9 tokens 158 ms), so with nothing to copy, doubling pauses keep the waste to O(log n) forwards.
 BACKOFF_FIRST = 1
 BACKOFF_MAX = 64
+
+# How many drafts a forward feeds (``SeekConfig.draft_policy``): "full" feeds every draft a row
+# proposes (up to ``k``); "cost" cuts them to the feed width that maximises the expected tokens
+# per unit of forward cost (``best_width``), so that low-acceptance drafts, and in a batch the
+# padding every row pays for the widest feed, are not computed for nothing. The tokens are the
+# same either way; only the number and size of the forwards change. (The names live in config.)
+
+# A forward's fixed cost (reading the weights) in units of one fed position's compute. SmolLM2-135M
+# fp32 on the 2-core CPU, idle rounds of bench/results/threads.csv: 1x1 / 1x9 / 8x1 forwards took
+# 55.6 / 108.8 / 118 ms at 2 threads and 87 / 195 / 213 ms at 1 thread; fitting t = t0 + c * positions
+# gives t0 / c = 5.3-7.4 (2 threads) and 3.9-5.5 (1 thread).
+CPU_FORWARD_POSITIONS = 5.0
+# A GPU forward stays bound by reading the weights up to about the roofline's ridge point: on an
+# H200, ~790 TFLOP/s of bf16 matrix work over 4.8 TB/s is ~165 FLOP per byte, i.e. ~165 positions
+# per forward for 2-byte weights at 2 FLOP per weight and position (not yet measured end to end).
+GPU_FORWARD_POSITIONS = 160.0
+
+# Decay of a row's acceptance counts at each forward it drafts in: the estimate follows the row's
+# recent text (a copied stretch, then free text) within a few forwards.
+ACCEPT_DECAY = 0.8
+
+
+def forward_positions(device) -> float:
+    """A forward's fixed cost in fed positions on ``device`` (see ``CPU_FORWARD_POSITIONS``)."""
+    return GPU_FORWARD_POSITIONS if torch.device(device).type == "cuda" else CPU_FORWARD_POSITIONS
+
+
+def best_width(
+    drafting: Sequence[tuple[int, float]], *, producing: int, slots: int, fixed: float, floor: int = 1
+) -> int:
+    """The feed width ``w`` (a row's last token plus up to ``w - 1`` drafts) of the next forward that
+    maximises expected tokens per unit of cost.
+
+    ``drafting``: ``(m, q)`` per drafting row: ``m`` drafts proposed, ``q`` the chance that each
+    next draft is accepted (so the first ``i`` all are with chance ``q ** i``). ``producing``: rows
+    that get a token from this forward whatever ``w`` is (every fed row). The forward computes
+    ``slots`` rows padded to the widest feed, at ``fixed + slots * w`` position costs; ``floor``,
+    the widest feed that is not a draft (a short prefill), pads the block anyway, so drafts up to
+    it are free. Ties keep the narrower width.
+    """
+    if floor < 1 or slots < 1 or fixed < 0:
+        raise ValueError(f"best_width: floor={floor}, slots={slots}, fixed={fixed}: expected >=1, >=1, >=0")
+    top = max([floor] + [1 + m for m, _ in drafting])
+    best_w, best_rate = floor, -1.0
+    for w in range(floor, top + 1):
+        value = float(producing)
+        for m, q in drafting:
+            p = 1.0
+            for _ in range(min(m, w - 1)):
+                p *= q
+                value += p
+        rate = value / (fixed + slots * w)
+        if rate > best_rate * (1.0 + 1e-9):
+            best_w, best_rate = w, rate
+    return best_w
 
 
 class DraftPool:
@@ -74,9 +131,11 @@ class DraftPool:
         d, i = hit
         return self.documents[d][i : i + k]
 
-    def row(self, context: Sequence[int] = (), *, k: int = 8, index_context: bool = False) -> DraftRow:
+    def row(
+        self, context: Sequence[int] = (), *, k: int = 8, index_context: bool = False, policy: str = "full"
+    ) -> DraftRow:
         """A ``DraftRow`` drafting from this pool; see ``DraftRow``."""
-        return DraftRow(self, context, k=k, index_context=index_context)
+        return DraftRow(self, context, k=k, index_context=index_context, policy=policy)
 
     def propose(self, context: Sequence[int], k: int) -> list[int]:
         """Drafts for a row whose whole ``context`` is its own text (no back-off state kept)."""
@@ -90,16 +149,24 @@ class DraftRow:
     tokens). Its own text, indexed as it grows with ``extend``, is what the row appends, plus the
     context itself when ``index_context`` (for a row whose context is not in the pool). Matches in
     the row's own text come first (they are the latest), then the pool's. ``k`` is the most tokens
-    a ``propose()`` drafts; 0 turns drafting off.
+    a ``propose()`` drafts; 0 turns drafting off. ``policy`` (``DRAFT_POLICIES``): how many of them
+    ``greedy_continue_drafted`` feeds.
     """
 
     def __init__(
-        self, pool: DraftPool | None, context: Sequence[int] = (), *, k: int = 8, index_context: bool = False
+        self,
+        pool: DraftPool | None,
+        context: Sequence[int] = (),
+        *,
+        k: int = 8,
+        index_context: bool = False,
+        policy: str = "full",
     ):
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k={k!r}: expected an integer >= 0 (0 turns drafting off)")
         self.pool = pool
         self.k = k
+        self.policy = check_policy(policy)
         self.max_n = pool.max_n if pool is not None else MAX_NGRAM
         self.tokens: list[int] = []
         self._own: dict[tuple[int, ...], int] = {}
@@ -108,6 +175,8 @@ class DraftRow:
         self.paused = 0  # forwards left without drafting
         self.proposed = 0  # drafts handed out (counts of tokens), for statistics
         self.accepted = 0
+        self._recent_acc = 0.0  # decayed counts behind ``acceptance``
+        self._recent_rej = 0.0
         self.extend(context)
 
     def extend(self, tokens: Iterable[int]) -> None:
@@ -155,17 +224,32 @@ class DraftRow:
             return []
         return self.match(k)
 
+    @property
+    def acceptance(self) -> float:
+        """The chance that the next draft is accepted given that the ones before it were: accepted
+        drafts over accepted drafts plus rejections (each fed draft run ends in at most one),
+        recent forwards weighted most (``ACCEPT_DECAY``), with one of each as a prior (0.5 at first)."""
+        return (self._recent_acc + 1.0) / (self._recent_acc + self._recent_rej + 2.0)
+
     def observe(self, proposed: int, accepted: int) -> None:
         """Record how many of ``proposed`` drafts greedy decoding ``accepted``; backs off on misses."""
         if proposed <= 0:
             return
         self.proposed += proposed
         self.accepted += accepted
+        self._recent_acc = ACCEPT_DECAY * self._recent_acc + accepted
+        self._recent_rej = ACCEPT_DECAY * self._recent_rej + (accepted < proposed)
         if accepted > 0:
             self.misses = 0
             return
         self.misses += 1
         self.paused = min(BACKOFF_FIRST << (self.misses - 1), BACKOFF_MAX)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in DRAFT_POLICIES:
+        raise ValueError(f"draft_policy={policy!r}: allowed values are {DRAFT_POLICIES}")
+    return policy
 
 
 @dataclass
@@ -212,7 +296,8 @@ def greedy_continue_drafted(
     every fed position is computed in one head call and read back in one host sync, which the
     stop test needs anyway. A stop token or the ``max_tokens``-th token inside the accepted run
     ends the generation exactly where plain greedy decoding ends it, and the cache then holds
-    every position before the last produced token, as after plain decoding.
+    every position before the last produced token, as after plain decoding. ``row.policy``:
+    ``"full"`` feeds every proposed draft, ``"cost"`` cuts them by ``best_width``.
     """
     from .decode import Generation, hidden_states, lm_head_of
 
@@ -220,6 +305,7 @@ def greedy_continue_drafted(
         raise ValueError(f"max_tokens={max_tokens!r}: expected an integer >= 1")
     head = lm_head_of(model)
     device = last_hidden.device
+    fixed = forward_positions(device)
     ids: list[int] = []
     lats: list[torch.Tensor] = []
     forwards = drafted = accepted = 0
@@ -234,6 +320,9 @@ def greedy_continue_drafted(
     row.extend((tok,))
     while stopped == "length" and len(ids) < max_tokens:
         drafts = row.propose(max_tokens - len(ids) - 1)
+        if drafts and row.policy == "cost":
+            w = best_width([(len(drafts), row.acceptance)], producing=1, slots=1, fixed=fixed)
+            drafts = drafts[: w - 1]
         m = len(drafts)
         x = torch.tensor([[tok, *drafts]], dtype=torch.long, device=device)
         states = hidden_states(model, x, cache)[0]  # [1 + m, d]; states[j] predicts the token after x[j]

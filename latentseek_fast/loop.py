@@ -235,7 +235,11 @@ def seek_loop(
             decode.truncate_cache(prompt_cache, base_len)
             x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
             h = decode.prefill(model, x, prompt_cache)
-            row = pool.row(base.tolist() + new_tokens, k=config.draft_tokens) if pool is not None else None
+            row = (
+                pool.row(base.tolist() + new_tokens, k=config.draft_tokens, policy=config.draft_policy)
+                if pool is not None
+                else None
+            )
             cont = decode.greedy_continue(
                 model,
                 prompt_cache,
@@ -336,7 +340,7 @@ def seek(
     pool = row = None
     if config.draft_tokens:
         pool = DraftPool([prompt_ids[0].tolist()])
-        row = pool.row(prompt_ids[0].tolist(), k=config.draft_tokens)
+        row = pool.row(prompt_ids[0].tolist(), k=config.draft_tokens, policy=config.draft_policy)
     gen = decode.greedy_continue(
         model,
         cache,

@@ -412,3 +412,98 @@ def test_drafts_on_the_embedded_model(smol):
     redecoded = (0, latent.gaps(off.update_length), reach)
     if assert_same_or_near_tie(model, prompt, off.answer_ids, on.answer_ids, redecoded=redecoded) is None:
         assert on.rewards == off.rewards and on.answer == off.answer
+
+
+# -- draft_policy "cost": how many drafts a forward feeds ---------------------------------------
+
+
+def _expected_accepted(cut: int, q: float) -> float:
+    """Mean accepted drafts of ``cut`` fed, each accepted with chance ``q`` after its predecessors:
+    the acceptance-length distribution summed term by term (an oracle apart from ``best_width``'s
+    running product)."""
+    probs = [q**a * (1 - q) for a in range(cut)] + [q**cut]
+    return sum(a * p for a, p in enumerate(probs))
+
+
+def _oracle_width(drafting, producing, slots, fixed, floor):
+    top = max([floor] + [1 + m for m, _ in drafting])
+    rates = {
+        w: (producing + sum(_expected_accepted(min(m, w - 1), q) for m, q in drafting)) / (fixed + slots * w)
+        for w in range(floor, top + 1)
+    }
+    best = max(rates.values())
+    return rates, best
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    drafting=st.lists(st.tuples(st.integers(1, 12), st.floats(0.0, 1.0)), max_size=6),
+    extra=st.integers(0, 4),
+    idle=st.integers(0, 4),
+    fixed=st.floats(0.0, 200.0),
+    floor=st.integers(1, 6),
+)
+def test_best_width_maximises_expected_tokens_per_cost(drafting, extra, idle, fixed, floor):
+    from latentseek_fast.drafts import best_width
+
+    producing = len(drafting) + extra
+    slots = max(1, producing + idle)
+    w = best_width(drafting, producing=producing, slots=slots, fixed=fixed, floor=floor)
+    rates, best = _oracle_width(drafting, producing, slots, fixed, floor)
+    assert rates[w] >= best * (1 - 1e-9)  # the best width (up to rounding) ...
+    assert all(rates[v] <= rates[w] * (1 + 1e-9) for v in rates if v < w)  # ... and no narrower one beats it
+
+
+def test_best_width_cases():
+    from latentseek_fast.drafts import CPU_FORWARD_POSITIONS, GPU_FORWARD_POSITIONS, best_width
+
+    cpu, gpu = CPU_FORWARD_POSITIONS, GPU_FORWARD_POSITIONS
+    assert best_width([(8, 1.0)], producing=1, slots=1, fixed=cpu) == 9  # a repetition loop: all
+    assert best_width([(8, 0.0)], producing=1, slots=1, fixed=cpu) == 1  # nothing to copy: none
+    assert best_width([(8, 0.5)], producing=1, slots=1, fixed=cpu) == 3  # (1 + .5 + .25) / (5 + 3)
+    assert best_width([(8, 0.5)] * 16, producing=16, slots=16, fixed=cpu) == 1  # a wide block
+    assert best_width([(8, 0.9)] * 16, producing=16, slots=16, fixed=cpu) < 5
+    assert best_width([(8, 0.9)] * 16, producing=16, slots=16, fixed=gpu) == 9  # reading weights dominates
+    assert best_width([(3, 0.0)], producing=2, slots=2, fixed=cpu, floor=6) == 6  # padding is free
+    assert best_width([], producing=3, slots=3, fixed=cpu, floor=4) == 4
+    with pytest.raises(ValueError, match="floor=0"):
+        best_width([], producing=1, slots=1, fixed=cpu, floor=0)
+
+
+def test_acceptance_follows_recent_drafts():
+    row = DraftRow(None, [1, 2, 3], k=8)
+    assert row.acceptance == 0.5  # the prior
+    for _ in range(6):
+        row.observe(8, 8)  # every draft accepted: no rejection
+    high = row.acceptance
+    assert high > 0.95
+    for _ in range(20):
+        row.observe(4, 0)  # rejected outright again and again: the accepted runs fade
+    assert row.acceptance < 0.25 < high
+
+
+def test_draft_policy_is_validated():
+    with pytest.raises(ValueError, match="draft_policy='fast'.*'full', 'cost'"):
+        SeekConfig(draft_policy="fast")
+    with pytest.raises(ValueError, match="draft_policy='x'"):
+        DraftRow(None, [1], policy="x")
+
+
+@pytest.mark.parametrize("n", PROMPT_LENGTHS)
+@pytest.mark.parametrize("source", ["own", "exact", "corrupt"])
+def test_cost_policy_decoding_equals_plain_greedy(model64, n, source):
+    """The cost policy feeds fewer drafts per forward where they are rejected, never other tokens."""
+    prompt = _prompt(n)
+    plain = _decode(model64, prompt)
+    truth = plain[0].ids
+    docs = {"own": [], "exact": [prompt + truth], "corrupt": [prompt + _corrupt(truth, 3)]}[source]
+    full = _decode(model64, prompt, row=DraftPool(docs).row(prompt, k=8))[0]
+    drafted = _decode(model64, prompt, row=DraftPool(docs).row(prompt, k=8, policy="cost"))
+    _assert_same(model64, plain, drafted)
+    gen = drafted[0]
+    assert len(truth) == 1 + gen.forwards + gen.accepted
+    if source == "exact":  # the answer is in the pool: drafts are accepted
+        assert gen.accepted >= len(truth) // 4
+    if source == "corrupt":  # every third draft is wrong: shorter feeds, fewer rejected drafts fed
+        assert gen.drafted / gen.forwards < full.drafted / full.forwards
+        assert gen.drafted - gen.accepted < full.drafted - full.accepted

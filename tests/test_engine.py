@@ -628,3 +628,27 @@ def test_numeric_guard_names_problem_and_step(tokenizer, backend):
             backend=backend,
             **{**SETTINGS, "lr": 1e39},
         )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_seek_many_cost_policy_equals_plain_seek(chain64, tokenizer, batch_size):
+    """draft_policy="cost" changes how many drafts a forward feeds, never the results: those of
+    plain seek(); at batch 1 the decode counts are seek()'s with the same policy, and wider
+    batches feed no more drafts than the full policy does."""
+    plain = [
+        lsf.seek(chain64, tokenizer, q, hashed_reward, prompt=q, draft_tokens=0, **CHAIN)
+        for q in CHAIN_PROMPTS
+    ]
+    kw = dict(batch_size=batch_size, prompts=CHAIN_PROMPTS, **CHAIN)
+    got = lsf.seek_many(chain64, tokenizer, CHAIN_PROMPTS, hashed_reward, draft_policy="cost", **kw)
+    assert_same(got, plain)
+    assert [g.texts for g in got] == [w.texts for w in plain]
+    if batch_size == 1:
+        single = [
+            lsf.seek(chain64, tokenizer, q, hashed_reward, prompt=q, draft_policy="cost", **CHAIN)
+            for q in CHAIN_PROMPTS
+        ]
+        assert [g.decode_stats for g in got] == [w.decode_stats for w in single]
+    else:
+        full = lsf.seek_many(chain64, tokenizer, CHAIN_PROMPTS, hashed_reward, **kw)
+        assert sum(g.decode_stats["drafted"] for g in got) < sum(f.decode_stats["drafted"] for f in full)

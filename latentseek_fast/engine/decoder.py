@@ -62,6 +62,11 @@ class Decoder:
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
+    def step_rows(self) -> int:
+        """How many rows a step computes whatever it is fed (padding included): a step whose widest
+        feed is ``w`` costs about ``step_rows() * w`` fed positions plus the weights' read."""
+        raise NotImplementedError
+
 
 class _SlotKV:
     """Per-layer KV store with per-row write offsets; the object the model's attention updates.
@@ -152,6 +157,9 @@ class HFDecoder(Decoder):
     def length(self, row: int) -> int:
         self._check(row)
         return self.lengths[row]
+
+    def step_rows(self) -> int:
+        return len(self.used)  # every occupied slot takes part in the main forward
 
     def rollback(self, row: int, length: int) -> None:
         self._check(row)

@@ -44,7 +44,7 @@ import torch
 from .. import decode
 from ..backends import resolve_backend
 from ..config import SeekConfig
-from ..drafts import DecodeStats, DraftPool, DraftRow
+from ..drafts import DecodeStats, DraftPool, DraftRow, best_width, forward_positions
 from ..loop import (
     SeekResult,
     check_finite,
@@ -206,6 +206,14 @@ class Engine:
         self.rows: list[_Row] = []
         # Drafts stay in the decoder's main forward: a feed of 1 + drafts must not be a long feed.
         self.max_drafts = min(self.config.draft_tokens, self.decoder.long_feed - 1)
+        self.forward_positions = forward_positions(self.device)  # draft_policy "cost"
+
+    def _verifier_drafts(self, ids: list[int]) -> DraftRow | None:
+        """A verifier row drafts from its own prompt, which quotes the solution it judges."""
+        cfg = self.config
+        if not cfg.draft_tokens:
+            return None
+        return DraftRow(None, ids, k=cfg.draft_tokens, index_context=True, policy=cfg.draft_policy)
 
     @staticmethod
     def _rewards(reward, n: int) -> list:
@@ -282,7 +290,7 @@ class Engine:
         draft = None
         if self.config.draft_tokens:
             p.pool = DraftPool([prompt_ids])
-            draft = p.pool.row(prompt_ids, k=self.config.draft_tokens)
+            draft = p.pool.row(prompt_ids, k=self.config.draft_tokens, policy=self.config.draft_policy)
         self.rows.append(
             _Row(
                 p.solver,
@@ -352,9 +360,7 @@ class Engine:
                     owner=p,
                     kind="verifier",
                     tag=name,
-                    draft=DraftRow(None, ids, k=self.config.draft_tokens, index_context=True)
-                    if self.config.draft_tokens
-                    else None,
+                    draft=self._verifier_drafts(ids),
                 )
             )
         p.state = "verify"
@@ -492,7 +498,9 @@ class Engine:
             self.decoder.rollback(p.solver, p.base_len)
             draft = None
             if p.pool is not None:
-                draft = p.pool.row(p.prompt_ids + p.prefix + p.new_tokens, k=cfg.draft_tokens)
+                draft = p.pool.row(
+                    p.prompt_ids + p.prefix + p.new_tokens, k=cfg.draft_tokens, policy=cfg.draft_policy
+                )
             self.rows.append(
                 _Row(
                     p.solver,
@@ -546,12 +554,27 @@ class Engine:
         if not rows:
             raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
         t0 = time.perf_counter()
+        proposed = []
         for r in rows:  # past its prefill, a row feeds [its last token, *drafts]
             r.m = 0
             if r.draft is not None and r.ids:
                 drafts = r.draft.propose(min(r.cap - len(r.ids) - 1, self.max_drafts))
-                r.m = len(drafts)
-                r.feed = r.feed + drafts
+                if drafts:
+                    proposed.append((r, drafts))
+        if proposed and self.config.draft_policy == "cost":
+            # One width for the padded block: every row pays for the widest feed.
+            floor = max((len(r.feed) for r in rows if len(r.feed) <= self.decoder.long_feed), default=1)
+            width = best_width(
+                [(len(d), r.draft.acceptance) for r, d in proposed],
+                producing=len(rows),
+                slots=self.decoder.step_rows(),
+                fixed=self.forward_positions,
+                floor=floor,
+            )
+            proposed = [(r, d[: width - len(r.feed)]) for r, d in proposed]
+        for r, drafts in proposed:
+            r.m = len(drafts)
+            r.feed = r.feed + drafts
         hidden = self.decoder.step({r.row: r.feed for r in rows})
         # states[j] of a row predicts the token after its fed position j: the last one of a
         # prefill feed, every one of [token, *drafts].
