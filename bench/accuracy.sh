@@ -18,10 +18,11 @@ REWARDS=${REWARDS:-"psrm self"}
 OUTDIR=${OUTDIR:-bench/results/accuracy}
 DATA=${DATA:-../shared/data/gsm8k_test.jsonl}
 BATCH=${BATCH:-8}
-# Self-reward: each problem in flight also holds its 4 verifier rows, each a slot of the engine's
-# padded KV store (SmolLM2 fp32: 30 layers x K,V x 3 heads x 64 x 4 bytes = 46 KB per position,
-# ~95 MB per slot at 2048 positions, and the store doubles as it grows): 4 problems per rank.
-SELF_BATCH=${SELF_BATCH:-4}
+# Self-reward: each problem in flight also decodes its 4 verifier prompts (each quoting a solution
+# of up to 1024 tokens) as rows of the engine's padded KV store, fed as one long forward. At 4
+# problems per rank one rank of two passed 14 GB on the 24 GB machine and was OOM-killed
+# (results/accuracy/README.md); 1 per rank, 4 verifier rows, is the setting to try (not yet run).
+SELF_BATCH=${SELF_BATCH:-1}
 mkdir -p "$OUTDIR"
 resume=()
 [[ "${RESUME:-0}" == 1 ]] && resume=(--resume)
