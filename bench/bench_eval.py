@@ -26,8 +26,9 @@ from optimised latents rather than by the model's forward) cannot be rescored an
 ``latent prefix``.
 
 Run (on a quiet 2-core CPU at 2 threads: 49 minutes for the first five configurations, the
-baseline 24 of them; the four ``*-cost`` ones come on top): ``python bench/bench_eval.py --threads 2``. Smoke run: ``python bench/bench_eval.py --quick``
-(2 problems, 1 step, 24 new tokens, writes outside bench/results unless ``--out`` says so).
+baseline 24 of them; the four ``*-cost`` ones come on top): ``python bench/bench_eval.py
+--threads 2``. Smoke run: ``python bench/bench_eval.py --quick`` (2 problems, 1 step, 24 new
+tokens, writes outside bench/results unless ``--out`` says so).
 """
 
 from __future__ import annotations
