@@ -7,7 +7,7 @@
 #   REWARDS=psrm bash bench/accuracy.sh    # one run; N, VERIFIER_TOKENS, NPROC, OUTDIR, DATA likewise
 #
 # Each run appends `<reward>.log` (the eval output and its wall time) and `<reward>.txt` (commit,
-# versions, machine, settings, wall seconds) in OUTDIR. An interrupted run continues with
+# versions, machine, settings, wall seconds: one line per run) in OUTDIR. An interrupted run continues with
 # RESUME=1 (eval --resume: nothing lost or run twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,25 +31,23 @@ for reward in $REWARDS; do
     batch=$BATCH
     [[ "$reward" == self ]] && extra=(--verifier-tokens "$VERIFIER_TOKENS") && batch=$SELF_BATCH
     start=$(date +%s)
-    set -o pipefail
     torchrun --nproc-per-node "$NPROC" --no-python latentseek-fast eval --data "$DATA" --limit "$N" \
         --reward "$reward" --prompt boxed --threads 1 --batch-size "$batch" "${extra[@]}" \
         --out "$OUTDIR/$reward.jsonl" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
         | tee -a "$OUTDIR/$reward.log"
     wall=$(($(date +%s) - start))
-    python - "$OUTDIR/$reward.txt" "$reward" "$wall" "$N" "$NPROC" "$batch" "${extra[*]:-}" <<'PY'
-import os, platform, subprocess, sys
-import torch, transformers
-path, reward, wall, n, nproc, batch, extra = sys.argv[1:]
-commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
-cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    # The settings, then the benchmarks' own stamp (harness.env_info: machine, versions, commit).
+    python - "$OUTDIR/$reward.txt" "reward=$reward" "problems=$N" "ranks=$NPROC" threads_per_rank=1 \
+        "batch_size=$batch" "verifier_tokens=${extra[1]:-}" "wall_s=$wall" <<'PY'
+import sys
+
+sys.path.insert(0, "bench")
+from harness import env_info
+
+path, *settings = sys.argv[1:]
+stamp = {k: v for k, v in env_info().items() if k != "threads"}  # this process's, not the ranks'
 with open(path, "a") as f:
-    f.write(
-        f"reward={reward} problems={n} ranks={nproc} threads_per_rank=1 batch_size={batch} {extra}\n"
-        f"wall_s={wall} commit={commit}{'-dirty' if dirty else ''} machine={cpu} x{os.cpu_count()}\n"
-        f"torch={torch.__version__} transformers={transformers.__version__} python={platform.python_version()}\n"
-    )
+    f.write(" ".join(settings + [f"{k}={v}" for k, v in stamp.items()]) + "\n")
 PY
 done
 if [[ -f "$OUTDIR/psrm.jsonl" && -f "$OUTDIR/self.jsonl" ]]; then
