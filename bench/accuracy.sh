@@ -19,10 +19,10 @@ OUTDIR=${OUTDIR:-bench/results/accuracy}
 DATA=${DATA:-../shared/data/gsm8k_test.jsonl}
 BATCH=${BATCH:-8}
 # Self-reward: each problem in flight also decodes its 4 verifier prompts (each quoting a solution
-# of up to 1024 tokens) as rows of the engine's padded KV store, fed as one long forward. At 4
-# problems per rank one rank of two passed 14 GB on the 24 GB machine and was OOM-killed
-# (results/accuracy/README.md); 1 per rank, 4 verifier rows, is the setting to try (not yet run).
-SELF_BATCH=${SELF_BATCH:-1}
+# of up to 1024 tokens) as rows of the engine. Before the decoder fed long feeds in pieces (at
+# most max_positions per forward) and grew its store 1.5x at a time, 4 problems per rank took a
+# rank past 14 GB on the 24 GB machine (results/accuracy/README.md).
+SELF_BATCH=${SELF_BATCH:-4}
 mkdir -p "$OUTDIR"
 resume=()
 [[ "${RESUME:-0}" == 1 ]] && resume=(--resume)

@@ -100,11 +100,13 @@ def assert_same(got, want):
 # -- the decoder ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one-forward", "long-feeds-apart"])
-def test_decoder_step_equals_per_row_decoding(llama64, split):
+@pytest.mark.parametrize("mode", ["one-forward", "long-feeds-apart", "in-pieces"])
+def test_decoder_step_equals_per_row_decoding(llama64, mode):
     """Ragged feeds, several tokens per row per step, rollback of one row, drop and slot reuse:
-    every latent equals the one of the same tokens run alone through a fresh cache. ``split``:
-    feeds of more than 2 tokens run as a second forward over their own (gathered) slots."""
+    every latent equals the one of the same tokens run alone through a fresh cache.
+    ``long-feeds-apart``: feeds of more than 2 tokens run as a second forward over their own
+    (gathered) slots; ``in-pieces``: at most 6 positions per forward, so 3 rows are fed 2 tokens
+    at a time."""
     model = llama64
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, 49152, (n,), generator=g).tolist() for n in (5, 9, 3)]
@@ -117,7 +119,14 @@ def test_decoder_step_equals_per_row_decoding(llama64, split):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
     # A small store, so that it grows while rows live.
-    dec = HFDecoder(model, initial_capacity=4, long_feed=2, split_gain=0.0 if split else 1e9)
+    split = mode == "long-feeds-apart"
+    dec = HFDecoder(
+        model,
+        initial_capacity=4,
+        long_feed=2,
+        split_gain=0.0 if split else 1e9,
+        max_positions=6 if mode == "in-pieces" else None,
+    )
     a, b, c = (dec.add_row() for _ in range(3))
     s1 = dec.step({a: seqs[0][:2], b: seqs[1], c: seqs[2][:1]})
     s2 = dec.step({a: seqs[0][2:], c: seqs[2][1:2]})
@@ -134,7 +143,8 @@ def test_decoder_step_equals_per_row_decoding(llama64, split):
     s5 = dec.step({c: [12, 13]})
     close(s5[c], alone(seqs[2] + [12, 13])[3:])
 
-    assert dec.forwards == (8 if split else 5)
+    # in pieces: steps of width 9, 3, 1, 3, 2 over 3 slots, 2 tokens per forward
+    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 8, "in-pieces": 5 + 2 + 1 + 2 + 1}[mode]
     dec.drop_row(a)
     d = dec.add_row()
     assert d == a and dec.length(d) == 0  # the freed slot is reused, empty
@@ -148,6 +158,38 @@ def test_decoder_step_equals_per_row_decoding(llama64, split):
         dec.rollback(b, 9)
     with pytest.raises(ValueError, match="no tokens"):
         dec.step({b: []})
+    with pytest.raises(ValueError, match="max_positions=0"):
+        HFDecoder(model, max_positions=0)
+
+
+def test_decoder_store_grows_by_half_keeping_its_rows(llama64):
+    """The KV store grows to what a step needs, by 1.5x or 256 columns at least (not doubling),
+    slots by 1.5x or 4, and the rows' cached positions survive every growth."""
+    from latentseek_fast.engine import decoder as dmod
+
+    model = llama64
+    g = torch.Generator().manual_seed(1)
+    seq = torch.randint(0, 49152, (302,), generator=g).tolist()
+    dec = HFDecoder(model, initial_capacity=4)
+    a = dec.add_row()
+    shape = lambda: tuple(dec.store[0][0].shape)  # noqa: E731
+    assert shape()[0] == 4 and shape()[2] == 4
+    first = dec.step({a: seq[:300]})[a]
+    assert shape()[2] == 300  # what the step needs: max(300, 1.5 x 4, 4 + 256)
+    second = dec.step({a: seq[300:]})[a]
+    assert shape()[2] == 300 + dmod.GROW_COLUMNS  # max(302, 1.5 x 300, 300 + 256)
+    rows = [a] + [dec.add_row() for _ in range(4)]
+    assert shape()[0] == 8 and shape()[2] == 556  # slots: max(5, 1.5 x 4, 4 + 4)
+    with torch.no_grad():
+        want = decode.hidden_states(model, torch.tensor([seq]), decode.new_cache(model))[0]
+    torch.testing.assert_close(torch.cat([first, second]), want, rtol=0, atol=1e-12)
+    nxt = dec.step({r: [5] for r in rows})
+    with torch.no_grad():
+        want_a = decode.hidden_states(model, torch.tensor([seq + [5]]), decode.new_cache(model))[0][-1:]
+        want_new = decode.hidden_states(model, torch.tensor([[5]]), decode.new_cache(model))[0]
+    torch.testing.assert_close(nxt[a], want_a, rtol=0, atol=1e-12)
+    for r in rows[1:]:
+        torch.testing.assert_close(nxt[r], want_new, rtol=0, atol=1e-12)
 
 
 # -- seek_many == seek ---------------------------------------------------------------------------

@@ -30,7 +30,9 @@ copy the whole KV each step. Why not a ``DynamicCache`` with a batch dimension: 
 same number of columns to every row, so a rollback of one row or a long feed of another
 leaves holes in all rows; here writes are per-row. The cost: every occupied slot takes part in
 each forward (idle rows are masked, not skipped), and a long feed (a prompt) pads the step to
-its width for all rows.
+its width for all rows, unless it runs apart (``split_gain``). A forward never computes more
+than ``max_positions`` positions: longer feeds are fed in pieces, which bounds the attention
+scores' memory.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ import torch
 from .. import decode
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+# Most positions one forward computes (rows x padded width); longer feeds go in pieces
+# (``HFDecoder._chunked``). Attention with an explicit mask holds scores of heads x positions x
+# kv_len: at 16 self-reward verifier prompts of ~1300 tokens in one forward that was ~1 GB per
+# layer for SmolLM2 and a rank passed 14 GB (bench/results/accuracy/README.md); at 1024
+# positions it is ~50 MB. CPU_MAX_POSITIONS: see the measurement below; GPU_MAX_POSITIONS keeps
+# prefill pieces large enough to fill an H200 while bounding scores to ~0.5 GB per layer.
+CPU_MAX_POSITIONS = 1024
+GPU_MAX_POSITIONS = 8192
+# The KV store grows by this factor (at least GROW_COLUMNS columns / 4 slots) when a step needs
+# more: each growth copies the store, ~2x its final size copied in all (doubling: ~1x), and at
+# most a third of it is unused (doubling: half).
+GROWTH = 1.5
+GROW_COLUMNS = 256
 
 
 class Decoder:
@@ -100,8 +116,20 @@ class HFDecoder(Decoder):
     """``Decoder`` over a Hugging Face causal LM's backbone (``model.model``), which must return
     post-final-norm hidden states (Llama, Qwen2/3, Mistral, Gemma)."""
 
-    def __init__(self, model, *, initial_capacity: int = 256, long_feed: int = 16, split_gain: float = 2.0):
+    def __init__(
+        self,
+        model,
+        *,
+        initial_capacity: int = 256,
+        long_feed: int = 16,
+        split_gain: float = 2.0,
+        max_positions: int | None = None,
+    ):
         decode.lm_head_of(model)  # validates: a causal LM with a backbone
+        if max_positions is not None and (
+            isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1
+        ):
+            raise ValueError(f"max_positions={max_positions!r}: expected None or an integer >= 1")
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
         if impl not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
@@ -130,6 +158,9 @@ class HFDecoder(Decoder):
         self.device, self.dtype = p.device, p.dtype
         self.capacity = max(1, int(initial_capacity))
         self.long_feed, self.split_gain = int(long_feed), float(split_gain)
+        if max_positions is None:
+            max_positions = GPU_MAX_POSITIONS if self.device.type == "cuda" else CPU_MAX_POSITIONS
+        self.max_positions = max_positions
         self.store: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.lengths: list[int] = []  # per slot
         self.used: list[bool] = []  # per slot
@@ -175,26 +206,36 @@ class HFDecoder(Decoder):
 
     def _grow(self, slots: int, capacity: int) -> None:
         """Make the store hold at least ``slots`` rows of ``capacity`` columns (zeros, so that
-        never-written columns are finite), keeping what is there."""
+        never-written columns are finite), keeping what is there.
+
+        It grows by ``GROWTH`` (at least ``GROW_COLUMNS`` columns, 4 slots), not by doubling, and
+        one layer at a time, so that the peak while copying is the new store plus one old layer
+        rather than old + new. For SmolLM2 (46 KB per position and slot) 20 self-reward rows at
+        ~1300 columns need ~1.2 GB; doubling both axes made that 32 slots x 2048 columns, 3.0 GB,
+        with the old store held beside it while copying.
+        """
         have_slots = self.store[0][0].shape[0] if self.store else 0
         have_cap = self.store[0][0].shape[2] if self.store else 0
         if slots <= have_slots and capacity <= have_cap:
             return
-        new_slots = max(slots, 2 * have_slots, 4)
-        new_cap = max(capacity, have_cap)
-        if capacity > have_cap:
-            new_cap = max(capacity, 2 * have_cap)
+        new_slots = have_slots
+        if slots > have_slots:
+            new_slots = max(slots, int(have_slots * GROWTH), have_slots + 4)
+        new_cap = max(have_cap, self.capacity)
+        if capacity > new_cap:
+            new_cap = max(capacity, int(have_cap * GROWTH), have_cap + GROW_COLUMNS)
         shape = (new_slots, self.kv_heads, new_cap, self.head_dim)
-        store = []
+        if not self.store:
+            self.store = [(None, None)] * self.n_layers
         for layer in range(self.n_layers):
+            oK, oV = self.store[layer]
             K = torch.zeros(shape, dtype=self.dtype, device=self.device)
             V = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if self.store:
-                oK, oV = self.store[layer]
+            if oK is not None:
                 K[: oK.shape[0], :, : oK.shape[2]] = oK
                 V[: oV.shape[0], :, : oV.shape[2]] = oV
-            store.append((K, V))
-        self.store = store
+            self.store[layer] = (K, V)  # the old layer is freed here, before the next is made
+            del oK, oV
         self.capacity = new_cap
 
     # -- the forward -------------------------------------------------------------------------
@@ -224,10 +265,26 @@ class HFDecoder(Decoder):
         if long and short:
             short_w = max(len(t) for t in short.values())
             if (n * short_w + len(long) * width) * self.split_gain < n * width:
-                out = self._forward(list(range(n)), short)
-                out.update(self._forward(sorted(long), long))
+                out = self._chunked(list(range(n)), short)
+                out.update(self._chunked(sorted(long), long))
                 return out
-        return self._forward(list(range(n)), feeds)
+        return self._chunked(list(range(n)), feeds)
+
+    def _chunked(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        """``_forward``, cut along the feeds into pieces of at most ``max_positions // len(slots)``
+        tokens per row, so that no forward computes more than ``max_positions`` positions (at
+        least one token per row). Exact: a row's positions and cached columns are those of one
+        forward, and each piece attends to the columns the earlier pieces wrote."""
+        width = max(len(t) for t in feeds.values())
+        piece = max(1, self.max_positions // len(slots))
+        if width <= piece:
+            return self._forward(slots, feeds)
+        parts: dict[int, list[torch.Tensor]] = {r: [] for r in feeds}
+        for start in range(0, width, piece):
+            sub = {r: t[start : start + piece] for r, t in feeds.items() if len(t) > start}
+            for r, h in self._forward(slots, sub).items():
+                parts[r].append(h)
+        return {r: torch.cat(h) for r, h in parts.items()}
 
     def _forward(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """One forward over ``slots`` (ascending); slots without a feed compute masked padding."""
