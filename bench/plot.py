@@ -305,6 +305,7 @@ def plot_eval(rows, out: Path, plt) -> list[Path]:
                 note.append(f"{r['same_answers']}/{r['problems']} same")
             ax.annotate("\n".join(note), (i, r["problems_per_hour"]), ha="center", va="bottom", fontsize=7)
         ax.set_ylim(0, 1.15 * max(r["problems_per_hour"] for r in grp))  # room for the notes
+        ax.tick_params(axis="x", labelsize=8, labelrotation=20)  # 7+ config names stay apart
         ax.set_ylabel("problems per hour")
         ax.set_title(
             f"GSM8K, {grp[0].get('problems')} problems, max_steps {grp[0].get('max_steps')}, "

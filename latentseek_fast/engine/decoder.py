@@ -49,8 +49,12 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # (``HFDecoder._chunked``). Attention with an explicit mask holds scores of heads x positions x
 # kv_len: at 16 self-reward verifier prompts of ~1300 tokens in one forward that was ~1 GB per
 # layer for SmolLM2 and a rank passed 14 GB (bench/results/accuracy/README.md); at 1024
-# positions it is ~50 MB. CPU_MAX_POSITIONS: see the measurement below; GPU_MAX_POSITIONS keeps
-# prefill pieces large enough to fill an H200 while bounding scores to ~0.5 GB per layer.
+# positions it is ~50 MB. Pieces cost almost nothing extra: on the embedded SmolLM2 (fp32, 1
+# thread) a forward of 1 token takes 80 ms and one of 9 tokens 158 ms (README, Drafted decoding),
+# so a forward's fixed cost is ~70 ms against ~10 ms per position, < 1 % of a 1024-position
+# piece; the attention work is the same cut or not. GPU_MAX_POSITIONS is not measured (no GPU
+# run yet): a GEMM over 8192 rows has 64 row tiles of 128 (times its column tiles), ample work
+# for the H200's 132 SMs, and activations stay at 8192 x hidden size per tensor.
 CPU_MAX_POSITIONS = 1024
 GPU_MAX_POSITIONS = 8192
 # The KV store grows by this factor (at least GROW_COLUMNS columns / 4 slots) when a step needs
