@@ -162,6 +162,36 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
         HFDecoder(model, max_positions=0)
 
 
+def test_decoder_fork_equals_feeding_the_prefix(llama64):
+    """A row forked from another's first n positions continues exactly as if fed those n
+    tokens itself; the source and other rows are untouched; bad forks are named."""
+    model = llama64
+    g = torch.Generator().manual_seed(2)
+    prefix, tail_a, tail_b = (torch.randint(0, 49152, (n,), generator=g).tolist() for n in (7, 3, 4))
+
+    def alone(seq):
+        with torch.no_grad():
+            return decode.hidden_states(model, torch.tensor([seq]), decode.new_cache(model))[0]
+
+    dec = HFDecoder(model, initial_capacity=4)
+    a, other = dec.add_row(), dec.add_row()
+    dec.step({a: prefix + tail_a, other: [9, 9]})
+    b = dec.add_row()
+    dec.step({b: [1, 2]})  # b's own positions are dropped by the fork
+    dec.fork(b, a, len(prefix))
+    assert dec.length(b) == len(prefix) and dec.length(a) == len(prefix) + len(tail_a)
+    out = dec.step({b: tail_b, a: [5], other: [6]})
+    torch.testing.assert_close(out[b], alone(prefix + tail_b)[len(prefix) :], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[a], alone(prefix + tail_a + [5])[-1:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[other], alone([9, 9, 6])[-1:], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="length=99"):
+        dec.fork(b, a, 99)
+    with pytest.raises(ValueError, match="itself"):
+        dec.fork(a, a, 1)
+    with pytest.raises(ValueError, match="row=7"):
+        dec.fork(7, a, 1)
+
+
 def test_decoder_store_grows_by_half_keeping_its_rows(llama64):
     """The KV store grows to what a step needs, by 1.5x or 256 columns at least (not doubling),
     slots by 1.5x or 4, and the rows' cached positions survive every growth."""
@@ -277,9 +307,32 @@ def test_batched_latent_step_groups_by_adam_step(tokenizer, monkeypatch):
     assert calls["adam"] == [(3 * L, 1), (3 * L, 2), (L, 1), (3 * L, 3), (L, 2), (L, 3)]
 
 
-def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer):
+@pytest.mark.parametrize("max_positions", [None, 16], ids=["default", "in-pieces"])
+def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer, monkeypatch, max_positions):
     """SelfReward's four verifier prompts of every due problem decode as engine rows; the
-    rewards equal those of SelfReward's own batched generation inside seek()."""
+    rewards equal those of SelfReward's own batched generation inside seek(). ``in-pieces``:
+    at most 16 positions per forward, so the prompts (and the 12 verifier prompts that are due
+    together) are fed in pieces."""
+    from latentseek_fast.engine import decoder as dmod
+
+    if max_positions is not None:
+        monkeypatch.setattr(dmod, "CPU_MAX_POSITIONS", max_positions)
+    sizes = []  # positions computed per forward
+    forward = dmod.HFDecoder._forward
+
+    def spy(self, slots, feeds):
+        sizes.append(len(slots) * max(len(t) for t in feeds.values()))
+        return forward(self, slots, feeds)
+
+    monkeypatch.setattr(dmod.HFDecoder, "_forward", spy)
+    forks = []
+    fork = dmod.HFDecoder.fork
+
+    def fork_spy(self, row, source, length):
+        forks.append(length)
+        return fork(self, row, source, length)
+
+    monkeypatch.setattr(dmod.HFDecoder, "fork", fork_spy)
     sr = SelfReward(llama64, tokenizer, max_new_tokens=6)
     problems = QUESTIONS[:3]
     want = oracle(llama64, tokenizer, problems, reward=sr, backend="reference", max_steps=2)
@@ -288,6 +341,13 @@ def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer):
     )
     assert_same(got, want)
     assert all(r.timings["reward"] > 0 for r in got)
+    # 3 of the 4 verifier prompts of each scored answer fork the shared prefix (system,
+    # question, solution) from the first
+    assert len(forks) == 3 * sum(len(r.rewards) for r in got) and min(forks) >= 16
+    if max_positions is None:
+        assert max(sizes) > 16  # so the in-pieces case does cut
+    else:
+        assert max(sizes) <= 16
 
 
 # -- rewards, order, errors, events --------------------------------------------------------------

@@ -10,7 +10,10 @@ without touching the scheduler:
   tokens per row and keep the prefix it accepts);
 - ``rollback(row, length)``: forget every cached position of ``row`` after the first ``length``,
   leaving the other rows untouched;
-- ``length(row)``: how many positions ``row`` has cached.
+- ``length(row)``: how many positions ``row`` has cached;
+- ``fork(row, source, length)``: make ``row``'s cache the first ``length`` positions of
+  ``source``'s (prompts that share a prefix, like the four verifier prompts of one answer, pay
+  for it once).
 
 How ``HFDecoder`` keeps the rows apart. Each row owns one slot of a shared KV store
 ``[slots, kv_heads, capacity, head_dim]`` per layer and a length ``n_b``. A step feeds a padded
@@ -77,6 +80,9 @@ class Decoder:
         raise NotImplementedError
 
     def rollback(self, row: int, length: int) -> None:
+        raise NotImplementedError
+
+    def fork(self, row: int, source: int, length: int) -> None:
         raise NotImplementedError
 
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
@@ -200,6 +206,25 @@ class HFDecoder(Decoder):
         self._check(row)
         if not 0 <= length <= self.lengths[row]:
             raise ValueError(f"rollback(row={row}, length={length}): row has {self.lengths[row]} positions")
+        self.lengths[row] = length
+
+    def fork(self, row: int, source: int, length: int) -> None:
+        """Make ``row``'s cache the first ``length`` positions of ``source``'s (a copy of their
+        columns; ``row``'s own positions are dropped). The keys and values at a position depend
+        only on the tokens and positions up to it, so ``row`` continues exactly as if it had been
+        fed ``source``'s first ``length`` tokens itself."""
+        self._check(row)
+        self._check(source)
+        if row == source:
+            raise ValueError(f"fork(row={row}, source={source}): a row cannot fork from itself")
+        if not 0 <= length <= self.lengths[source]:
+            raise ValueError(
+                f"fork(row={row}, source={source}, length={length}): "
+                f"source has {self.lengths[source]} positions"
+            )
+        for K, V in self.store:
+            K[row, :, :length] = K[source, :, :length]
+            V[row, :, :length] = V[source, :, :length]
         self.lengths[row] = length
 
     def _check(self, row: int) -> None:

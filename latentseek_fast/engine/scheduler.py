@@ -77,6 +77,19 @@ class ProblemError(RuntimeError):
         self.error = error
 
 
+# Shortest common prompt prefix worth a fork (a copy of its cached columns instead of a prefill).
+MIN_SHARED_PREFIX = 16
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix of ``seqs``."""
+    n = min(map(len, seqs), default=0)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
+
+
 def _verifier_stop_ids(tokenizer, model) -> frozenset[int]:
     """The stop set the batched verifiers use (``greedy_generate_batch``)."""
     from ..decode_batch import stop_token_ids
@@ -89,7 +102,7 @@ class _Row:
 
     __slots__ = (
         "row", "feed", "ids", "lats", "stop", "cap", "keep", "phase", "owner", "kind", "tag", "secs",
-        "draft", "m", "stats",
+        "draft", "m", "stats", "fork",
     )  # fmt: skip
 
     def __init__(self, row, feed, *, stop, cap, keep, phase, owner, kind, tag=None, draft=None):
@@ -99,6 +112,9 @@ class _Row:
         self.draft: DraftRow | None = draft  # None: one token per forward
         self.m = 0  # drafts in the current feed
         self.stats = DecodeStats()  # forwards after the prefill feed, drafts fed and accepted
+        # (source row, length): wait for ``source``'s prefill, copy its first ``length`` cached
+        # positions, then feed the rest of this row's prompt (``Decoder.fork``).
+        self.fork: tuple[_Row, int] | None = None
 
 
 class _Problem:
@@ -345,24 +361,36 @@ class Engine:
         if self._verifier_stop is None:
             self._verifier_stop = _verifier_stop_ids(self.tokenizer, self.model)
         p.replies = {}
+        prompts = {}
         for name, text in p.verifier_prompts.items():
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not ids:
                 raise ProblemError(p.index, ValueError(f"verifier prompt {name!r} encodes to no tokens"))
-            self.rows.append(
-                _Row(
-                    self.decoder.add_row(),
-                    ids,
-                    stop=self._verifier_stop,
-                    cap=sr.max_new_tokens,
-                    keep=False,
-                    phase="reward",
-                    owner=p,
-                    kind="verifier",
-                    tag=name,
-                    draft=self._verifier_drafts(ids),
-                )
+            prompts[name] = ids
+        # The prompts differ only after the quoted solution: the first prefills the common prefix
+        # once and the others fork from it (each still feeds at least its last prompt token).
+        shared = _common_prefix(list(prompts.values()))
+        first = None
+        for name, ids in prompts.items():
+            share = min(shared, len(ids) - 1) if first is not None else 0
+            share = share if share >= MIN_SHARED_PREFIX else 0
+            row = _Row(
+                self.decoder.add_row(),
+                ids[share:],
+                stop=self._verifier_stop,
+                cap=sr.max_new_tokens,
+                keep=False,
+                phase="reward",
+                owner=p,
+                kind="verifier",
+                tag=name,
+                draft=self._verifier_drafts(ids),
             )
+            if share:
+                row.fork = (first, share)
+            if first is None:
+                first = row
+            self.rows.append(row)
         p.state = "verify"
         p.clock["reward"] += time.perf_counter() - t0
 
@@ -550,7 +578,7 @@ class Engine:
 
     # -- one forward -------------------------------------------------------------------------
     def _decode_step(self) -> None:
-        rows = [r for r in self.rows if r.feed]
+        rows = [r for r in self.rows if r.feed and r.fork is None]
         if not rows:
             raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
         t0 = time.perf_counter()
@@ -576,6 +604,11 @@ class Engine:
             r.m = len(drafts)
             r.feed = r.feed + drafts
         hidden = self.decoder.step({r.row: r.feed for r in rows})
+        fed = set(map(id, rows))
+        for r in self.rows:  # forks whose source was just prefilled (before any row is dropped)
+            if r.fork is not None and id(r.fork[0]) in fed:
+                self.decoder.fork(r.row, r.fork[0].row, r.fork[1])
+                r.fork = None
         # states[j] of a row predicts the token after its fed position j: the last one of a
         # prefill feed, every one of [token, *drafts].
         states = [hidden[r.row][-(1 + r.m) :] for r in rows]
