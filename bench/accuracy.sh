@@ -31,14 +31,20 @@ for reward in $REWARDS; do
     batch=$BATCH
     [[ "$reward" == self ]] && extra=(--verifier-tokens "$VERIFIER_TOKENS") && batch=$SELF_BATCH
     start=$(date +%s)
+    # The log streams line by line (tqdm's carriage returns become lines), so a long run shows
+    # its progress as it goes.
+    status=0
     torchrun --nproc-per-node "$NPROC" --no-python latentseek-fast eval --data "$DATA" --limit "$N" \
         --reward "$reward" --prompt boxed --threads 1 --batch-size "$batch" "${extra[@]}" \
-        --out "$OUTDIR/$reward.jsonl" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' \
-        | tee -a "$OUTDIR/$reward.log"
+        --out "$OUTDIR/$reward.jsonl" "${resume[@]}" 2>&1 \
+        | stdbuf -oL tr '\r' '\n' | grep --line-buffered -v '^\s*$' | tee -a "$OUTDIR/$reward.log" \
+        || status=$?
     wall=$(($(date +%s) - start))
-    # The settings, then the benchmarks' own stamp (harness.env_info: machine, versions, commit).
+    # The settings, then the benchmarks' own stamp (harness.env_info: machine, versions, commit),
+    # also for a run that failed or was stopped (exit=...): its finished rows count on --resume.
     python - "$OUTDIR/$reward.txt" "reward=$reward" "problems=$N" "ranks=$NPROC" threads_per_rank=1 \
-        "batch_size=$batch" "verifier_tokens=${extra[1]:-}" "wall_s=$wall" <<'PY'
+        "batch_size=$batch" "verifier_tokens=${extra[1]:-}" "wall_s=$wall" "exit=$status" \
+        "resumed=${RESUME:-0}" <<'PY'
 import sys
 
 sys.path.insert(0, "bench")
@@ -49,6 +55,7 @@ stamp = {k: v for k, v in env_info().items() if k != "threads"}  # this process'
 with open(path, "a") as f:
     f.write(" ".join(settings + [f"{k}={v}" for k, v in stamp.items()]) + "\n")
 PY
+    [[ $status == 0 ]] || exit "$status"
 done
 if [[ -f "$OUTDIR/psrm.jsonl" && -f "$OUTDIR/self.jsonl" ]]; then
     latentseek-fast report "$OUTDIR/psrm.jsonl" --compare "$OUTDIR/self.jsonl" --out "$OUTDIR/report.png" \
