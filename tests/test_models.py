@@ -1,9 +1,14 @@
 """Model loading: the embedded GGUF, a GGUF path, HF directories, and the missing-package error."""
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from latentseek_fast import models
 
@@ -38,3 +43,82 @@ def test_hf_directory_and_dtype(tiny, tmp_path):
     assert loaded.dtype == torch.bfloat16 and not loaded.training
     with pytest.raises(ValueError, match="dtype='fp8'"):
         models.load_model(str(tmp_path), dtype="fp8")
+
+
+def _torchrun_cache(tmp_path, gguf, *extra):
+    """``tests/cache_driver.py`` on 2 gloo ranks with a cold cache; returns (rc, log, cache)."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["LATENTSEEK_CACHE"] = str(cache)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += [os.path.join(os.path.dirname(__file__), "cache_driver.py"), str(gguf), *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return p.returncode, p.stdout + p.stderr, cache
+
+
+def _sums(log):
+    return dict(re.findall(r"^rank (\d) sum (\S+)$", log, flags=re.M))
+
+
+def test_every_rank_of_a_process_group_loads_one_complete_conversion(tiny_model_dir, tmp_path):
+    # transformers 5 writes model files on rank 0 only inside a process group; a rank-1
+    # conversion once left a cache entry without weights, and eval failed on a fresh machine.
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not parsed: the driver's --fake loader stands in for the GGUF reader")
+    calls = tmp_path / "calls"
+    extra = ("--fake", tiny_model_dir, "--calls", str(calls), "--first", "1")
+    rc, log, cache = _torchrun_cache(tmp_path, gguf, *extra)
+    assert rc == 0, log
+    (entry,) = [d for d in cache.iterdir() if d.is_dir()]
+    assert models._is_complete(entry), sorted(x.name for x in entry.iterdir())
+    assert calls.read_text().split() == ["1"]  # rank 1 converted, rank 0 waited on the lock
+    expected = AutoModelForCausalLM.from_pretrained(tiny_model_dir).lm_head.weight.double().sum().item()
+    assert _sums(log) == {"0": f"{expected:.9e}", "1": f"{expected:.9e}"}, log
+
+
+def test_an_incomplete_cache_entry_is_replaced(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSEEK_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stand-in")
+    entry = models._converted_dir(gguf)
+    entry.mkdir(parents=True)
+    (entry / "tokenizer.json").write_text("{}")  # what the rank-0-only save once left behind
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(models, "_load_gguf", lambda g: (tiny, AutoTokenizer.from_pretrained(tiny_model_dir)))
+    model, _ = models.load_model(str(gguf))
+    assert models._is_complete(entry)
+    assert torch.equal(model.lm_head.weight, tiny.lm_head.weight)
+    assert [d.name for d in entry.parent.iterdir() if d.is_dir()] == [entry.name]  # no tmp/stale left
+
+
+def test_a_failed_save_leaves_no_entry_and_falls_back_to_the_gguf(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSEEK_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stand-in")
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(models, "_load_gguf", lambda g: (tiny, tok))
+    # A save that writes nothing (as transformers does on a non-zero rank) must not become an entry.
+    monkeypatch.setattr(type(tiny), "save_pretrained", lambda self, d, **kw: None)
+    direct = []
+
+    def from_gguf(path, gguf_file=None, **kw):
+        direct.append(gguf_file)
+        return tiny
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_gguf)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda path, gguf_file=None, **kw: tok)
+    with pytest.warns(UserWarning, match=r"cannot cache the converted m\.gguf .*no config\.json"):
+        model, _ = models.load_model(str(gguf))
+    assert model is tiny and direct == ["m.gguf"]  # loaded straight from the GGUF
+    assert not any(d.is_dir() for d in models._converted_dir(gguf).parent.iterdir())
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_convert_the_embedded_gguf_on_a_cold_cache(smol, tmp_path):
+    rc, log, cache = _torchrun_cache(tmp_path, models.embedded_gguf_path())
+    assert rc == 0, log
+    expected = f"{smol[0].lm_head.weight.double().sum().item():.9e}"
+    assert _sums(log) == {"0": expected, "1": expected}, log
+    (entry,) = [d for d in cache.iterdir() if d.is_dir()]
+    assert models._is_complete(entry)
