@@ -7,8 +7,8 @@
 #   REWARDS=psrm bash bench/accuracy.sh    # one run; N, VERIFIER_TOKENS, NPROC, OUTDIR, DATA likewise
 #
 # Each run appends `<reward>.log` (the eval output and its wall time) and `<reward>.txt` (commit,
-# versions, machine, settings, wall seconds: one line per run) in OUTDIR. An interrupted run continues with
-# RESUME=1 (eval --resume: nothing lost or run twice).
+# versions, machine, settings, wall seconds: one line per run) in OUTDIR, then writes its report.
+# An interrupted run continues with RESUME=1 (eval --resume: nothing lost or run twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-32}
@@ -56,6 +56,8 @@ with open(path, "a") as f:
     f.write(" ".join(settings + [f"{k}={v}" for k, v in stamp.items()]) + "\n")
 PY
     [[ $status == 0 ]] || exit "$status"
+    # This run's table and plots: <reward>_scaling.png, <reward>_rewards.png, <reward>_report.txt.
+    latentseek-fast report "$OUTDIR/$reward.jsonl" --out "$OUTDIR/$reward.png" | tee "$OUTDIR/${reward}_report.txt"
 done
 if [[ -f "$OUTDIR/psrm.jsonl" && -f "$OUTDIR/self.jsonl" ]]; then
     latentseek-fast report "$OUTDIR/psrm.jsonl" --compare "$OUTDIR/self.jsonl" --out "$OUTDIR/report.png" \

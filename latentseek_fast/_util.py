@@ -32,6 +32,17 @@ def check_finite_float(name: str, value, *, allow_none: bool = False) -> float |
     return out
 
 
+def check_int(name: str, value, *, low: int = 1, allow_none: bool = False, note: str = ""):
+    """``value`` if it is an int (not a bool) >= ``low`` (or None when allowed), else a ValueError
+    naming ``name``, the value and what is allowed (``note`` says why, when that helps)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        want = ("None or " if allow_none else "") + f"an integer >= {low}"
+        raise ValueError(f"{name}={value!r}: expected {want}" + (f" ({note})" if note else ""))
+    return value
+
+
 # Numeric ranges accepted by the ops, SeekConfig and the seek loop, chosen so fp32 cannot
 # overflow. Per latent element |d log pi / dh| <= 2 max|W| / T (sum_v |pi_v - [v == tok]| <= 2),
 # so a gradient reward * direction is at most 2 |r| max|W| / T, and Adam squares it: fp32

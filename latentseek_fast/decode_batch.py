@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ._util import check_int
 from .decode import CHAT_STOP_TOKENS, cache_keyword, forward_params, new_cache
 
 
@@ -56,8 +57,7 @@ def greedy_generate_batch(
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single str")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+    check_int("max_new_tokens", max_new_tokens)
     prompts = list(prompts)
     if not prompts:
         return []

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ._util import check_int
 from .config import DRAFT_POLICIES
 
 # Longest n-gram matched. The issue's simulation (GSM8K test 10-13, 3 iterations, drafts from the
@@ -105,8 +106,7 @@ class DraftPool:
     """
 
     def __init__(self, documents: Iterable[Sequence[int]] = (), *, max_n: int = MAX_NGRAM):
-        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise ValueError(f"max_n={max_n!r}: expected an integer >= 1")
+        check_int("max_n", max_n)
         self.max_n = max_n
         self.documents: list[list[int]] = []
         self._latest: dict[tuple[int, ...], tuple[int, int]] = {}
@@ -162,8 +162,7 @@ class DraftRow:
         index_context: bool = False,
         policy: str = "full",
     ):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k={k!r}: expected an integer >= 0 (0 turns drafting off)")
+        check_int("k", k, low=0, note="0 turns drafting off")
         self.pool = pool
         self.k = k
         self.policy = check_policy(policy)
@@ -301,8 +300,7 @@ def greedy_continue_drafted(
     """
     from .decode import Generation, hidden_states, lm_head_of
 
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens!r}: expected an integer >= 1")
+    check_int("max_tokens", max_tokens)
     head = lm_head_of(model)
     device = last_hidden.device
     fixed = forward_positions(device)

@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .. import decode
+from .._util import check_int
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -136,10 +137,7 @@ class HFDecoder(Decoder):
         max_positions: int | None = None,
     ):
         decode.lm_head_of(model)  # validates: a causal LM with a backbone
-        if max_positions is not None and (
-            isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1
-        ):
-            raise ValueError(f"max_positions={max_positions!r}: expected None or an integer >= 1")
+        check_int("max_positions", max_positions, allow_none=True)
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
         if impl not in ATTN_IMPLEMENTATIONS:
             raise ValueError(

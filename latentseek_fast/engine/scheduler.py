@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from .. import decode
+from .._util import check_int
 from ..backends import resolve_backend
 from ..config import SeekConfig
 from ..drafts import DecodeStats, DraftPool, DraftRow, best_width, forward_positions
@@ -173,8 +174,7 @@ class Engine:
         format_rule: bool = False,
         **overrides,
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
+        check_int("batch_size", batch_size)
         if on_event is not None and not callable(on_event):
             raise ValueError(f"on_event={on_event!r}: expected a callable taking one event, or None")
         if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):

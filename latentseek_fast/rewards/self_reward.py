@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from .. import decode_batch
+from .._util import check_int
 from ..extract import last_boxed
 from ..prompts import render_chat
 from .base import Reward
@@ -104,8 +105,7 @@ class SelfReward(Reward):
     def __init__(
         self, model, tokenizer, *, format_rule: bool = False, max_new_tokens: int = 4096, batched: bool = True
     ):
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+        check_int("max_new_tokens", max_new_tokens)
         self.model = model
         self.tokenizer = tokenizer
         self.format_rule = bool(format_rule)
