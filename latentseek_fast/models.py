@@ -104,9 +104,14 @@ def _save_checkpoint(model, tok, d: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if hasattr(model, "should_save_on_this_rank"):
+    gated = hasattr(model, "should_save_on_this_rank")
+    if gated:  # on this instance only, and only while saving
         model.should_save_on_this_rank = lambda is_main_process: True
-    model.save_pretrained(d)
+    try:
+        model.save_pretrained(d)
+    finally:
+        if gated:
+            del model.should_save_on_this_rank
     tok.save_pretrained(d)
     if not _is_complete(d):
         raise RuntimeError(
@@ -118,7 +123,7 @@ def _save_checkpoint(model, tok, d: Path) -> None:
 @contextlib.contextmanager
 def _exclusive(lock: Path):
     """Hold an exclusive ``flock`` on ``lock`` (blocking): one converter per cache entry."""
-    if fcntl is None:  # not POSIX: the atomic rename below still keeps the entry whole
+    if fcntl is None:  # not POSIX: _install's atomic rename still keeps the entry whole
         yield
         return
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -129,34 +134,64 @@ def _exclusive(lock: Path):
         os.close(fd)  # releases the lock
 
 
-def _ensure_converted(gguf: Path) -> Path:
-    """The cache entry of ``gguf``, converting it first when absent or incomplete.
+def _warn_uncached(gguf: Path, exc: BaseException) -> None:
+    warnings.warn(
+        f"cannot cache the converted {gguf.name} under {cache_dir()} ({exc}); "
+        "loading it from the GGUF (slower at every start)",
+        stacklevel=4,  # load_model's caller
+    )
+
+
+def _install(model, tok, out: Path) -> None:
+    """Save ``(model, tok)`` beside ``out`` and rename it into place, replacing an incomplete
+    ``out``: a killed save never leaves a half-written entry."""
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _save_checkpoint(model, tok, tmp)
+        if out.exists() and not _is_complete(out):  # set it aside, then replace it
+            stale = out.with_name(out.name + f".stale{os.getpid()}")
+            out.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not _is_complete(out):
+                raise
+            # else a process that took no lock (no flock here) won the race; its copy is identical
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ensure_converted(gguf: Path) -> tuple[Path | None, tuple | None]:
+    """``(entry, None)``: the cache entry of ``gguf``, converted first when absent or incomplete.
 
     Concurrent callers (the ranks of a torchrun ``eval`` on a fresh machine) take a lock: one
     converts, the others wait and then load its copy, which is faster than each dequantising
-    and halves the peak memory. The copy is written aside and renamed into place, so a killed
-    conversion never leaves a half-written entry; an incomplete entry from elsewhere is replaced.
+    and halves the peak memory. When the cache cannot take the entry (a read-only or full
+    directory) this warns and returns ``(None, None)`` if nothing was parsed yet, or
+    ``(None, (model, tokenizer))`` with the fp32 model it parsed, so that the GGUF is never
+    parsed twice. A GGUF that does not parse raises its own error.
     """
     out = _converted_dir(gguf)
     if _is_complete(out):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out.with_name(out.name + ".lock")):
-        if _is_complete(out):  # another process converted it while this one waited
-            return out
-        model, tok = _load_gguf(gguf)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        return out, None
+    with contextlib.ExitStack() as held:
         try:
-            _save_checkpoint(model, tok, tmp)
-            if out.exists():  # incomplete (checked above): set it aside, then replace it
-                stale = out.with_name(out.name + f".stale{os.getpid()}")
-                out.rename(stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            out.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_exclusive(out.with_name(out.name + ".lock")))
+        except OSError as exc:
+            _warn_uncached(gguf, exc)
+            return None, None
+        if _is_complete(out):  # another process converted it while this one waited
+            return out, None
+        model, tok = _load_gguf(gguf)
+        try:
+            _install(model, tok, out)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: _save_checkpoint's incomplete save
+            _warn_uncached(gguf, exc)
+            return None, (model, tok)
+    return out, None
 
 
 def resolve_model_path(name: str | None) -> str:
@@ -186,19 +221,13 @@ def load_model(
         gguf = Path(path)
         if not gguf.is_file():
             raise FileNotFoundError(f"model={name!r}: no GGUF file at {gguf}")
-        out = None
-        if use_cache:
-            try:
-                out = _ensure_converted(gguf)
-            except (OSError, RuntimeError) as exc:  # e.g. a read-only or full cache directory
-                warnings.warn(
-                    f"cannot cache the converted {gguf.name} under {cache_dir()} ({exc}); "
-                    "loading it from the GGUF (slower at every start)",
-                    stacklevel=2,
-                )
-        if out is not None:
-            tok = AutoTokenizer.from_pretrained(str(out))
-            model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch_dtype)
+        entry, parsed = _ensure_converted(gguf) if use_cache else (None, None)
+        if entry is not None:
+            tok = AutoTokenizer.from_pretrained(str(entry))
+            model = AutoModelForCausalLM.from_pretrained(str(entry), dtype=torch_dtype)
+        elif parsed is not None:  # parsed for a cache that could not take it
+            model, tok = parsed
+            model.to(torch_dtype)
         else:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(

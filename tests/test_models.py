@@ -91,16 +91,15 @@ def test_an_incomplete_cache_entry_is_replaced(tiny_model_dir, tmp_path, monkeyp
     assert [d.name for d in entry.parent.iterdir() if d.is_dir()] == [entry.name]  # no tmp/stale left
 
 
-def test_a_failed_save_leaves_no_entry_and_falls_back_to_the_gguf(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("LATENTSEEK_CACHE", str(tmp_path / "cache"))
+def _stand_ins(tiny_model_dir, tmp_path, monkeypatch):
+    """A stand-in GGUF whose "parse" (counted in the returned list) gives the tiny model, and
+    direct GGUF loads (recorded in the other list) that give it too."""
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"stand-in")
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    monkeypatch.setattr(models, "_load_gguf", lambda g: (tiny, tok))
-    # A save that writes nothing (as transformers does on a non-zero rank) must not become an entry.
-    monkeypatch.setattr(type(tiny), "save_pretrained", lambda self, d, **kw: None)
-    direct = []
+    parses, direct = [], []
+    monkeypatch.setattr(models, "_load_gguf", lambda g: parses.append(g) or (tiny, tok))
 
     def from_gguf(path, gguf_file=None, **kw):
         direct.append(gguf_file)
@@ -108,10 +107,43 @@ def test_a_failed_save_leaves_no_entry_and_falls_back_to_the_gguf(tiny_model_dir
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_gguf)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda path, gguf_file=None, **kw: tok)
-    with pytest.warns(UserWarning, match=r"cannot cache the converted m\.gguf .*no config\.json"):
+    return gguf, tiny, parses, direct
+
+
+def test_a_failed_save_leaves_no_entry_and_keeps_the_parsed_model(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSEEK_CACHE", str(tmp_path / "cache"))
+    gguf, tiny, parses, direct = _stand_ins(tiny_model_dir, tmp_path, monkeypatch)
+    # A save that writes nothing (as transformers does on a non-zero rank) must not become an entry.
+    monkeypatch.setattr(type(tiny), "save_pretrained", lambda self, d, **kw: None)
+    with pytest.warns(UserWarning, match=r"cannot cache the converted m\.gguf .*no config\.json") as w:
         model, _ = models.load_model(str(gguf))
-    assert model is tiny and direct == ["m.gguf"]  # loaded straight from the GGUF
+    assert w[0].filename == __file__  # points at the caller of load_model
+    assert model is tiny and parses == [gguf] and direct == []  # parsed once, not again
+    assert "should_save_on_this_rank" not in vars(model)  # the save override did not outlive it
     assert not any(d.is_dir() for d in models._converted_dir(gguf).parent.iterdir())
+
+
+def test_an_unwritable_cache_loads_straight_from_the_gguf(tiny_model_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LATENTSEEK_CACHE", str(blocker / "cache"))  # mkdir fails: not a directory
+    gguf, tiny, parses, direct = _stand_ins(tiny_model_dir, tmp_path, monkeypatch)
+    with pytest.warns(UserWarning, match=r"cannot cache the converted m\.gguf under .*a-file/cache"):
+        model, _ = models.load_model(str(gguf))
+    assert model is tiny and parses == [] and direct == ["m.gguf"]
+
+
+def test_a_gguf_that_does_not_parse_raises_its_own_error_once(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSEEK_CACHE", str(tmp_path / "cache"))
+    gguf, _, _, direct = _stand_ins(tiny_model_dir, tmp_path, monkeypatch)
+
+    def broken(g):
+        raise OSError("bad magic")  # an OSError, like a caching failure, yet not one
+
+    monkeypatch.setattr(models, "_load_gguf", broken)
+    with pytest.raises(OSError, match="bad magic"):
+        models.load_model(str(gguf))
+    assert direct == []  # not parsed a second time by a fallback
 
 
 @pytest.mark.slow
