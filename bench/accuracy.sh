@@ -12,7 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-32}
-VERIFIER_TOKENS=${VERIFIER_TOKENS:-128}
+# Self-reward verifier replies stop after this many new tokens (the paper's cap is 4096). At 128 the
+# run projected ~2.5 h for 32 problems (Intel Xeon 2-core, 9441111: 22 in 104 min); at 64 it took
+# 96 min on that machine (ad506ce), within the ~2-hour budget (results/accuracy/README.md).
+VERIFIER_TOKENS=${VERIFIER_TOKENS:-64}
 NPROC=${NPROC:-2}
 REWARDS=${REWARDS:-"psrm self"}
 OUTDIR=${OUTDIR:-bench/results/accuracy}
@@ -21,7 +24,9 @@ BATCH=${BATCH:-8}
 # Self-reward: each problem in flight also decodes its 4 verifier prompts (each quoting a solution
 # of up to 1024 tokens) as rows of the engine. Before the decoder fed long feeds in pieces (at
 # most max_positions per forward) and grew its store 1.5x at a time, 4 problems per rank took a
-# rank past 14 GB on the 24 GB machine (results/accuracy/README.md).
+# rank past 14 GB on the 24 GB machine (results/accuracy/README.md). 8 in flight fits (7 GB for both
+# ranks) but is slower: 18.4 answer tok/s after 19 min against 26.0 at 4 (Intel Xeon 2-core, cap 128,
+# ad506ce and 9441111, whose engines differ only in argument checks).
 SELF_BATCH=${SELF_BATCH:-4}
 mkdir -p "$OUTDIR"
 resume=()
