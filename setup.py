@@ -27,7 +27,7 @@ PACKAGES = [
     "latentseek_fast.rewards",
     "latentseek_fast.kernels",
 ]
-PACKAGE_DIR = {"latentseek_fast.kernels": "kernels"}
+PACKAGE_DIR = {"latentseek_fast.kernels": "kernels/lpg"}
 
 
 def _nvcc_toolkit():
@@ -104,6 +104,32 @@ def _extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
+# Each floor is the lowest version the whole suite passed on: `bash .ci/floors` installs exactly
+# these versions in a scratch venv and runs the tests (run by hand when a floor moves, not in CI;
+# the last run is recorded in docs/dependencies.md). No upper bounds: CI resolves the newest
+# versions on every run and is the alarm when a release breaks us.
+INSTALL_REQUIRES = [
+    "torch>=2.13",  # the only CPU build this project's machines can install; older is untested
+    "transformers>=5.0",  # 5.x cache API (docs/notes.md)
+    "tqdm>=4.66",
+    "gguf>=0.10",  # transformers' GGUF loader requires 0.10
+    "accelerate>=1.1",
+    "math-verify>=0.7",
+    "pyarrow>=16",  # the first release built for numpy 2
+    "triton>=3.6; platform_system == 'Linux'",  # the GPU image's version
+]
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8.0",
+        "pytest-benchmark>=4.0",
+        "hypothesis>=6.100",
+        "ruff>=0.5",
+        "matplotlib>=3.9",  # the first release built for numpy 2
+    ],
+    "bench": ["matplotlib>=3.9", "pytest-benchmark>=4.0"],
+    "report": ["matplotlib>=3.9"],
+}
+
 ext_modules, cmdclass = _extensions()
 
 setup(
@@ -114,21 +140,8 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     package_data={"latentseek_fast": ["demo_problems.jsonl"]},
-    install_requires=[
-        "torch>=2.4",
-        "transformers>=5.0",
-        "tqdm",
-        "gguf>=0.10",
-        "accelerate",
-        "math-verify>=0.7",
-        "pyarrow",
-        "triton>=3.0; platform_system == 'Linux'",
-    ],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "matplotlib"],
-        "bench": ["matplotlib", "pytest-benchmark"],
-        "report": ["matplotlib"],
-    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -60,11 +60,11 @@ gpu_state() {  # read-only: clocks, power, temperature, memory
 }
 
 # Make the package importable from the tree without installing it: the sources on PYTHONPATH and
-# latentseek_fast.kernels linked to kernels/ (what setup.py's package_dir does on install).
+# latentseek_fast.kernels linked to kernels/lpg/ (what setup.py's package_dir does on install).
 use_tree() {
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   if [[ ! -e latentseek_fast/kernels ]]; then
-    ln -s ../kernels latentseek_fast/kernels
+    ln -s ../kernels/lpg latentseek_fast/kernels
     trap 'rm -f latentseek_fast/kernels' EXIT
   fi
 }
@@ -95,7 +95,7 @@ if [[ $DEVICE == cuda ]]; then
   else
     echo "native op: no prebuilt .so for this python/torch/csrc; building it (offline)"
     # --no-index --no-build-isolation --no-deps: only what is installed (setuptools, wheel,
-    # ninja, torch). The editable install maps latentseek_fast.kernels to kernels/ (setup.py).
+    # ninja, torch). The editable install maps latentseek_fast.kernels to kernels/lpg/ (setup.py).
     export USE_CUDA=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
     stage build "$T_BUILD" "0" "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e .
     if ! "$PY" -c "import latentseek_fast.kernels" 2>/dev/null; then

@@ -15,6 +15,27 @@ if not torch.cuda.is_available():
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Printed first in every run (CI's log included), so a failure after a dependency release names
+# what changed: a fresh venv resolves the newest versions each time.
+RESOLVED = ("torch", "triton", "transformers", "kernels", "tokenizers", "huggingface-hub", "numpy")
+
+
+def pytest_sessionstart(session):
+    """One line with the resolved versions of the dependencies that move under us."""
+    import importlib.metadata as md
+    import platform
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "absent"
+
+    line = f"python {platform.python_version()}, " + ", ".join(f"{n} {version(n)}" for n in RESOLVED)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"versions: {line}")
+
 
 def data_file(name: str) -> Path:
     """A file of the evaluation data folder, or a skip that says where it was looked for.

@@ -11,7 +11,7 @@ launch order draws exactly the same sample. The hash is a chain of 32-bit intege
 
 In torch the uint32 arithmetic runs in int64 with ``& 0xFFFFFFFF`` after each step: the
 product of two values below 2**32 can wrap int64, but its low 32 bits stay correct.
-Triton computes the same steps in ``tl.uint32`` (``kernels/_common.py``). ``u`` is the
+Triton computes the same steps in ``tl.uint32`` (``kernels/lpg/_common.py``). ``u`` is the
 same fp32 number on both sides; ``log`` may differ by an ulp between libraries, which can
 flip a sample only when two candidates are within ~1e-7 of each other.
 """

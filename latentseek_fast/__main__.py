@@ -1,0 +1,7 @@
+"""``python -m latentseek_fast``: the same command line as the ``latentseek-fast`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
