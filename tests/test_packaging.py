@@ -62,7 +62,10 @@ def test_no_top_level_name_shadows_an_installed_distribution():
     assert not (ROOT / "kernels" / "__init__.py").exists(), "kernels/ must not be a regular package"
 
 
-@pytest.mark.skipif(not _has_dist("kernels"), reason="the Hugging Face 'kernels' distribution is not installed")
+NO_HF_KERNELS = "the Hugging Face 'kernels' distribution is not installed"
+
+
+@pytest.mark.skipif(not _has_dist("kernels"), reason=NO_HF_KERNELS)
 def test_hf_kernels_imports_from_the_repo_root():
     """``import kernels`` from the repo root is the installed Hugging Face package, and
     transformers' hub-kernels integration (which imports it) loads."""
