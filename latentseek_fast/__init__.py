@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SeekConfig": "latentseek_fast.config",
-    "SeekResult": "latentseek_fast.loop",
-    "seek": "latentseek_fast.loop",
-    "seek_many": "latentseek_fast.engine.scheduler",
-    "iter_seek": "latentseek_fast.engine.scheduler",
+    "SeekResult": "latentseek_fast.engine.result",
+    "seek": "latentseek_fast.engine.sequential",
+    "seek_many": "latentseek_fast.engine.batched",
+    "iter_seek": "latentseek_fast.engine.batched",
     "LatentGrad": "latentseek_fast.ops.latent_policy_grad",
     "latent_policy_grad": "latentseek_fast.ops.latent_policy_grad",
     "latent_adam_": "latentseek_fast.ops.latent_adam",

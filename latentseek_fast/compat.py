@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from . import decode
 from .config import SeekConfig, update_length
-from .loop import PhaseClock, seek_loop
-from .rewards import bind_question
+from .decoding.greedy import greedy
+from .decoding.model import lm_head_of
+from .decoding.stops import answer_stop_ids, eos_stop_ids
+from .engine.sequential import continue_seek
+from .rewards import as_reward
 
 # The research code stops its original generation once more than 1024 tokens were made.
 ORIGINAL_TOKEN_CAP = 1025
@@ -41,13 +43,9 @@ def original_generation(input_text, model, tokenizer, device):
     kept, one ``[1, d]`` latent per generated token (stop token included), and the prompt plus
     every generated token but a final stop token, ``[1, P + T - 1]``.
     """
-    decode.lm_head_of(model)
+    lm_head_of(model)
     prompt_ids = tokenizer([input_text], return_tensors="pt").input_ids.to(device)
-    cache = decode.new_cache(model)
-    h = decode.prefill(model, prompt_ids, cache)
-    gen = decode.greedy_continue(
-        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP
-    )
+    gen = greedy(model, prompt_ids[0].tolist(), stop=answer_stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP)
     kept = gen.ids[:-1] if gen.stopped_by == "stop" else gen.ids
     input_ids = torch.cat(
         [prompt_ids, torch.tensor([kept], dtype=torch.long, device=prompt_ids.device)], dim=1
@@ -78,8 +76,8 @@ def optimized_generation(
 
     Returns ``(final_answer, reward_history, original_length, optimized_length, update_length)``.
     """
-    score = bind_question(reward_model, question)
-    history_r0 = score(original_answer)
+    reward = as_reward(reward_model)
+    history_r0 = reward(question, original_answer)
     T = len(original_hidden_states_list)
     L = update_length(T, k)
     if L <= 0:
@@ -97,19 +95,18 @@ def optimized_generation(
     P = len(tokenizer([input_text]).input_ids[0])
     input_ids = torch.as_tensor(input_ids).to(device)
     latents = torch.cat([torch.as_tensor(h).reshape(1, -1) for h in original_hidden_states_list]).to(device)
-    answer_ids = input_ids[0, P:].tolist()
-    out = seek_loop(
+    res = continue_seek(
         model,
         tokenizer,
-        prompt_ids=input_ids[:, :P],
-        answer_ids=answer_ids,
+        question=question,
+        prompt_ids=input_ids[0, :P].tolist(),
+        answer_ids=input_ids[0, P:].tolist(),
         latents=latents,
+        answer_text=original_answer,
         r0=history_r0,
-        score=score,
+        reward=reward,
         config=config,
-        cont_stop=decode.stop_ids(tokenizer, eos_only=True),
-        cont_max_tokens=max_new_tokens + 1,
-        clock=PhaseClock(),
+        cont_stop=eos_stop_ids(tokenizer),
+        cont_cap=max_new_tokens + 1,
     )
-    final = original_answer if out.ids is None else out.text
-    return final, out.rewards, T, len(tokenizer.encode(final)), L
+    return res.answer, res.rewards, T, len(tokenizer.encode(res.answer)), L

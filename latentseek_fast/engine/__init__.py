@@ -1,12 +1,17 @@
-"""The batched seek engine: many problems in flight, their decoding in one forward per step.
+"""The seek algorithm and its drivers.
 
-``scheduler`` (``seek_many``, ``iter_seek``: one state machine per problem, continuous
-batching), ``decoder`` (the ``Decoder`` interface and its Hugging Face implementation),
-``latent`` (the latent step of many problems in one call), ``events`` (progress events).
+``problem`` (Algorithm 1 for one problem, as a state machine that never runs the model),
+``sequential`` (``seek``: one problem on a plain cache; ``compat``'s entry), ``batched``
+(``seek_many``/``iter_seek``: many problems in flight on a slot KV store), ``latent`` (the
+latent step, for one problem or many in one call), ``result`` (``SeekResult``, phase times),
+``events`` (progress events).
 """
 
+from .batched import iter_seek, seek_many
 from .events import IterationDone, OriginalDone, OriginalToken, ProblemDone
-from .scheduler import ProblemError, iter_seek, seek_many
+from .problem import ProblemError
+from .result import SeekResult
+from .sequential import seek
 
 __all__ = [
     "IterationDone",
@@ -14,6 +19,8 @@ __all__ = [
     "OriginalToken",
     "ProblemDone",
     "ProblemError",
+    "SeekResult",
     "iter_seek",
+    "seek",
     "seek_many",
 ]

@@ -1,34 +1,166 @@
-"""The latent step of many problems at once: one ``latent_policy_grad`` call over their
-concatenated rows, ``latent_adam_`` with a per-row reward.
+"""The latent step, written once for both drivers: state per problem, one call for many.
 
-Each problem keeps the state ``steppers.FusedStepper`` keeps (latents, fp32 master when the
-model dtype is not fp32, Adam moments, step count, the pending gradient direction), and
-``fused_step`` does for all of them what ``FusedStepper.step`` does for one:
+Each problem's L latents get a handle from ``LatentSteps.open``; ``LatentSteps.step`` takes one
+Adam step on every due problem's latents with gradient ``reward * grad log softmax(W z)[x]`` and
+returns each one's re-decoded tokens ``argmax(W z')``, behind the seek's numeric guard.
 
-- Adam: rows are grouped by their Adam step count (bias correction ``1 - beta**step`` is one
-  scalar per ``latent_adam_`` call) and each group is ONE call with a per-row reward tensor.
-  In a round, problems that started together share a step count, so there is usually one
-  group; exactness is kept instead of folding per-row corrections into the reward, which
-  would change the rounding of every update. With ``grad_clip`` each problem is its own
-  group, since the clip norm is the norm of that problem's whole gradient.
-- Re-decode plus the next direction: ONE ``latent_policy_grad`` call over all rows (greedy
-  mode). In ``sample`` mode the Gumbel noise is keyed on (seed + step, row within the call),
-  so each problem gets its own call, keeping its tokens those of ``seek``.
+- ``reference`` backend: ``ReferenceStepper`` per problem, autograd through the full ``[L, V]``
+  logits and ``torch.optim.Adam``, the research code's way (its ``1e-8``/``1e-10`` epsilons
+  included). With ``latent_dtype="model"`` the parameter is kept in the model dtype, reproducing
+  the research code exactly; otherwise an fp32 master is optimised and cast to the model dtype
+  for the head. It is the oracle, so it loops over problems.
+- ``torch``/``triton``: ``FusedLatents`` per problem (latents, fp32 master when the model dtype
+  is not fp32, Adam moments, step count, the pending gradient direction) and ``FusedBatch`` for
+  all of them. ``latent_policy_grad`` at the updated latents yields the re-decoded tokens *and*
+  the next step's direction in one pass (before the reward is known; the gradient is linear in
+  it), and ``latent_adam_`` forms ``reward * direction`` inside the update.
+  - Adam: rows are grouped by their Adam step count (bias correction ``1 - beta**step`` is one
+    scalar per ``latent_adam_`` call) and each group is ONE call with a per-row reward tensor.
+    Problems that started together share a step count, so there is usually one group; exactness
+    is kept instead of folding per-row corrections into the reward, which would change the
+    rounding of every update. With ``grad_clip`` each problem is its own group, since the clip
+    norm is the norm of that problem's whole gradient.
+  - Re-decode plus the next direction: ONE ``latent_policy_grad`` call over all rows (greedy
+    mode). In ``sample`` mode the Gumbel noise is keyed on (seed + step, row within the call),
+    so each problem gets its own call, keeping its tokens those of a problem alone.
+  Every operation is row-wise, so a problem's numbers do not depend on which others share the
+  call (up to the BLAS blocking of the LM-head matmul, ~1 ulp).
 
-Every operation is row-wise, so a problem's numbers do not depend on which others share the
-call (up to the BLAS blocking of the LM-head matmul, ~1 ulp).
+The guard (cost per step: one ``isfinite`` pass over the L x d latents and gradient and one
+device sync for all problems, next to the step's own pass over the V x d head): a reward that is
+not finite or exceeds ``REWARD_MAX`` in size, and NaN/inf latents or gradient after the update,
+stop the problem with an error naming the step and the problem (``StepError``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .._util import REWARD_MAX
+from ..config import SeekConfig
+from ..decoding.model import lm_head_of, softcap_of
 from ..ops.latent_adam import latent_adam_
 from ..ops.latent_policy_grad import latent_policy_grad
 
 
+class StepError(Exception):
+    """A latent step failed for the problem at ``position`` of the call; ``error`` is the
+    exception to report (its message names the step and the problem), of the original type."""
+
+    def __init__(self, position: int, error: BaseException):
+        super().__init__(str(error))
+        self.position = position
+        self.error = error
+
+
+def step_where(step: int, label: str) -> str:
+    """How the guard names a step: ``seek step {step + 1} of {label}``."""
+    return f"seek step {step + 1} of {label}"
+
+
+def check_step_reward(reward: float, where: str) -> None:
+    """The guard before a latent step: a reward that is not finite or has ``|reward| >
+    REWARD_MAX`` (it would overflow the fp32 gradient) raises ``ValueError`` naming ``where``."""
+    if not (math.isfinite(reward) and abs(reward) <= REWARD_MAX):
+        raise ValueError(
+            f"{where}: reward={reward!r}: expected a finite number with |reward| <= {REWARD_MAX:g} "
+            "(larger rewards overflow the fp32 gradient)"
+        )
+
+
+def finite_flags(latents: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+    """``[latents finite, gradient finite]`` (one entry without a gradient) as a bool tensor on the
+    latents' device, so that a guard over many problems reads all flags in one sync."""
+    finite = [torch.isfinite(latents).all()] + ([] if grad is None else [torch.isfinite(grad).all()])
+    return torch.stack(finite)
+
+
+def check_finite(ok: list[bool], reward: float, where: str) -> None:
+    """The guard after a latent step, from ``finite_flags(...).tolist()``: NaN/inf in the latents
+    or the gradient raises ``RuntimeError`` naming ``where``."""
+    if not all(ok):
+        what = "latents" if not ok[0] else "gradient"
+        raise RuntimeError(
+            f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); "
+            "lower lr or check the model's hidden states"
+        )
+
+
+def _plain(exc: BaseException) -> bool:
+    """Errors the guard re-labels; subclasses (out of memory, ...) keep their type and message."""
+    return type(exc) in (ValueError, RuntimeError)
+
+
+class ReferenceStepper:
+    """One problem's latents under autograd through full logits + ``torch.optim.Adam`` (see the
+    module docstring); the oracle of the fused backends."""
+
+    def __init__(self, head, latents: torch.Tensor, config: SeekConfig, softcap: float | None = None):
+        self.head = head
+        self.config = config
+        self.exact = config.latent_dtype == "model"
+        init = latents.detach().clone()
+        self.param = torch.nn.Parameter(init if self.exact else init.float())
+        self.optimizer = torch.optim.Adam([self.param], lr=config.lr)
+        # The research code ignores a soft-cap (it calls lm_head directly); the exact mode does too.
+        self.softcap = None if self.exact else softcap
+        self.steps = 0
+
+    def _logits(self) -> torch.Tensor:
+        z = self.param if self.exact else self.param.to(self.head.weight.dtype)
+        logits = self.head(z)
+        if not self.exact:
+            logits = logits.float()
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        if self.config.temperature != 1.0:
+            logits = logits / self.config.temperature
+        return logits
+
+    def _tokens(self, probs: torch.Tensor) -> torch.Tensor:
+        """The gradient's tokens: argmax of ``probs``, or the shared Gumbel-max sample."""
+        if self.config.mode == "greedy":
+            return torch.argmax(probs, dim=-1)
+        z = self.param.detach().to(self.head.weight.dtype)
+        bias = self.head.bias.detach() if self.head.bias is not None else None
+        return latent_policy_grad(
+            z,
+            self.head.weight.detach(),
+            1.0,
+            bias=bias,
+            softcap=self.softcap,
+            temperature=self.config.temperature,
+            mode="sample",
+            seed=self.config.seed + self.steps,
+            backend="reference",
+            need_grad=False,
+        ).tokens
+
+    def step(self, reward: float, need_next: bool = True) -> list[int]:
+        self.optimizer.zero_grad()
+        logits = self._logits()
+        probs = torch.softmax(logits, dim=-1) + 1e-8
+        tokens = self._tokens(probs)
+        logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
+        loss = -reward * logp.sum()
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        with torch.no_grad():
+            z = self.param if self.exact else self.param.to(self.head.weight.dtype)
+            return torch.argmax(self.head(z), dim=-1).tolist()
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(latents, last gradient)``, for the seek loop's per-step finiteness check."""
+        return self.param.detach(), self.param.grad
+
+
 class FusedLatents:
-    """One problem's latent state for the fused backends (that of ``FusedStepper``)."""
+    """One problem's latent state for the fused backends."""
 
     def __init__(self, latents: torch.Tensor, weight: torch.Tensor):
         self.latents = latents.detach().to(weight.dtype).contiguous().clone()
@@ -44,7 +176,7 @@ class FusedLatents:
 
 
 class FusedBatch:
-    """The LM head and options shared by every problem of a ``seek_many`` call."""
+    """The LM head and options shared by every problem of a run (fused backends)."""
 
     def __init__(self, head, config, backend: str, softcap: float | None):
         self.weight = head.weight.detach()
@@ -83,7 +215,7 @@ class FusedBatch:
         return argmaxes
 
     def init(self, states: list[FusedLatents]) -> None:
-        """The first gradient direction of fresh states (what ``FusedStepper.__init__`` computes)."""
+        """The first gradient direction of fresh states (at the original latents)."""
         if states:
             self._evaluate(states, need_grad=True)
 
@@ -147,3 +279,82 @@ class FusedBatch:
                 if master is not None:
                     s.master.copy_(master[o : o + n])
                 o += n
+
+
+class LatentSteps:
+    """The latent step of one run (a model head, a ``SeekConfig``, a concrete backend)."""
+
+    def __init__(self, model, config: SeekConfig, backend: str):
+        self.head = lm_head_of(model)
+        self.config = config
+        self.backend = backend
+        self.softcap = softcap_of(model)
+        self.fused = (
+            None if backend == "reference" else FusedBatch(self.head, config, backend, self.softcap)
+        )
+
+    def open(self, latents: torch.Tensor):
+        """The state of one problem's latents ``[L, d]`` (copied; the input is not modified)."""
+        if self.fused is None:
+            return ReferenceStepper(self.head, latents, self.config, softcap=self.softcap)
+        return FusedLatents(latents, self.fused.weight)
+
+    @staticmethod
+    def latents_of(state) -> torch.Tensor:
+        return state.latents if isinstance(state, FusedLatents) else state.param.detach()
+
+    def step(
+        self,
+        states: list,
+        rewards: list[float],
+        steps: list[int],
+        labels: list[str],
+        need_next: list[bool],
+    ) -> list[list[int]]:
+        """One guarded step of every state (``steps[i]`` steps taken so far, ``labels[i]`` names
+        its problem); returns each one's re-decoded tokens. Raises ``StepError``."""
+        wheres = [step_where(s, label) for s, label in zip(steps, labels)]
+        for i, (r, where) in enumerate(zip(rewards, wheres)):
+            try:
+                check_step_reward(r, where)
+            except ValueError as e:
+                raise StepError(i, e) from None
+        if self.fused is None:
+            tokens, flags = [], []
+            for i, (st, r, nxt) in enumerate(zip(states, rewards, need_next)):
+                try:
+                    tokens.append(st.step(r, need_next=nxt))
+                except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on inf latents
+                    if not _plain(exc):
+                        raise
+                    raise StepError(i, type(exc)(f"{wheres[i]}: {exc}")) from exc
+                flags.append(finite_flags(*st.state()))
+        else:
+            self.fused.init([s for s in states if s.grad is None])
+            try:
+                tokens = self.fused.step(states, rewards, need_next)
+            except (ValueError, RuntimeError) as exc:
+                if not _plain(exc):
+                    raise
+                self._blame(states, wheres, exc)
+                raise
+            flags = [finite_flags(s.latents, s.grad) for s in states]
+        ok = torch.cat(flags).tolist()  # one sync for every problem's guard
+        o = 0
+        for i, (f, r) in enumerate(zip(flags, rewards)):
+            try:
+                check_finite(ok[o : o + len(f)], r, wheres[i])
+            except RuntimeError as e:
+                raise StepError(i, e) from None
+            o += len(f)
+        return tokens
+
+    @staticmethod
+    def _blame(states: list, wheres: list[str], exc: BaseException) -> None:
+        """A batched step raised: name the problem whose latents are no longer finite (or the
+        only one stepping) and its step."""
+        flags = torch.stack([torch.isfinite(s.latents).all() for s in states]).tolist()
+        bad = [i for i, ok in enumerate(flags) if not ok] or ([0] if len(states) == 1 else [])
+        if bad:
+            i = bad[0]
+            raise StepError(i, type(exc)(f"{wheres[i]}: {exc}")) from exc

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import numbers
 import weakref
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,39 +27,14 @@ from latentseek_fast._util import (
     check_temperature,
 )
 from latentseek_fast.backends import MODES, check_backend, resolve_backend
+from latentseek_fast.ops.lpg_reference import lpg_reference
+from latentseek_fast.ops.lpg_torch import lpg_torch
+from latentseek_fast.ops.lpg_triton import lpg_triton
+from latentseek_fast.ops.lpg_types import LatentGrad, LatentGradInputs
+
+__all__ = ["FLOAT_DTYPES", "LatentGrad", "LatentGradInputs", "latent_policy_grad"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@dataclass
-class LatentGrad:
-    """Result of :func:`latent_policy_grad` (all tensors on the input's device)."""
-
-    tokens: Tensor  # [N] int64: chosen token per row (argmax, Gumbel-max, or the given tokens)
-    logprob: Tensor  # [N] fp32: log pi[token]
-    lse: Tensor  # [N] fp32: logsumexp(s)
-    grad: Tensor | None  # [N, d] fp32: d/dh of -sum_t r_t log pi_t[token_t]; None when need_grad=False
-    argmax: Tensor  # [N] int64: argmax of s (lowest index on ties) in every mode
-
-
-@dataclass(frozen=True)
-class LatentGradInputs:
-    """The validated arguments every backend (``lpg_reference``, ``lpg_torch``, triton) receives.
-
-    Built by :func:`latent_policy_grad` after its checks; the backends trust it. ``reward`` is
-    an fp32 ``[N]`` tensor (a scalar reward is broadcast), ``softcap`` None or > 0.
-    """
-
-    hidden: Tensor  # [N, d] fp32/fp16/bf16, detached
-    weight: Tensor  # [V, d], same dtype and device, detached
-    reward: Tensor  # [N] fp32
-    bias: Tensor | None = None  # [V] or None
-    softcap: float | None = None
-    temperature: float = 1.0
-    mode: str = "greedy"  # "greedy" or "sample"
-    seed: int = 0
-    tokens: Tensor | None = None  # [N] integer ids to score instead of choosing
-    need_grad: bool = True
 
 
 # Weights found finite: id -> (weak reference, torch version counter at the check). An LM head
@@ -203,22 +177,6 @@ def _validate(hidden, weight, reward, bias, softcap, temperature, mode, seed, to
     return reward_t, softcap, temperature
 
 
-def _lpg_triton(x: LatentGradInputs) -> LatentGrad:
-    from latentseek_fast.kernels.lpg_forward import lpg_forward
-    from latentseek_fast.kernels.lpg_grad import lpg_grad
-    from latentseek_fast.ops.gumbel import seed_key
-
-    tok, logprob, lse, argmax = lpg_forward(
-        x.hidden, x.weight, x.bias, x.tokens, x.softcap, x.temperature, x.mode, seed_key(x.seed)
-    )
-    grad = None
-    if x.need_grad:
-        grad = lpg_grad(
-            x.hidden, x.weight, x.bias, tok, lse, x.reward / x.temperature, x.softcap, x.temperature
-        )
-    return LatentGrad(tok, logprob, lse, grad, argmax)
-
-
 def latent_policy_grad(
     hidden,
     weight,
@@ -277,16 +235,12 @@ def latent_policy_grad(
         need_grad=need_grad,
     )
     if chosen == "reference":
-        from latentseek_fast.ops.lpg_reference import lpg_reference
-
         out = lpg_reference(inputs)
     elif chosen == "torch":
-        from latentseek_fast.ops.lpg_torch import lpg_torch
-
         with torch.no_grad():
             out = lpg_torch(inputs)
     else:
         with torch.no_grad():
-            out = _lpg_triton(inputs)
+            out = lpg_triton(inputs)
     logging.getLogger("latentseek_fast").debug("latent_policy_grad: backend=%s N=%d", chosen, n)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from latentseek_fast.ops.gumbel import gumbel_noise
-from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs
+from latentseek_fast.ops.lpg_types import LatentGrad, LatentGradInputs
 
 
 def lpg_reference(x: LatentGradInputs) -> LatentGrad:

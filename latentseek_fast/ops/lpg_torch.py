@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from latentseek_fast.ops.gumbel import gumbel_noise
-from latentseek_fast.ops.latent_policy_grad import LatentGrad, LatentGradInputs
+from latentseek_fast.ops.lpg_types import LatentGrad, LatentGradInputs
 
 # Vocabulary rows per chunk. Measured on 2 x86 CPU cores with nothing else running
 # (torch 2.13, fp32 W, one full call with gradient, median of 5-9 runs, ms; 1 thread / 2 threads):

@@ -19,11 +19,10 @@ class PSRM(Reward):
         self.gold = str(gold).strip()
         self.dataset = check_dataset(dataset)
         self.style = check_style(style)
-        self.last_prediction: str | None = None
 
     def compute(self, question: str, answer: str) -> float:
-        self.last_prediction = extract_answer(answer, self.dataset, self.style)
-        return 0.0 if is_correct(self.last_prediction, self.gold, self.dataset) else -1.0
+        prediction = extract_answer(answer, self.dataset, self.style)
+        return 0.0 if is_correct(prediction, self.gold, self.dataset) else -1.0
 
     def __repr__(self) -> str:
         return f"PSRM(gold={self.gold!r}, dataset={self.dataset!r}, style={self.style!r})"

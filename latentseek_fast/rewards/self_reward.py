@@ -7,19 +7,19 @@ checks that the question asked is the one answered. Each reply must end with ``V
 True or False; the reward is ``-(sum of the rejecting verifiers' weights) / 6``, and with
 ``format_rule`` an answer without ``\\boxed{...}`` loses 2 more before the division.
 
-The four replies are generated greedily in one left-padded batch (``decode_batch.py``), which in fp32
-gives the same tokens as running them one by one; ``batched=False`` runs them one by one.
+``SelfReward`` follows the ``ReplyReward`` protocol (``reply.py``): alone, ``compute`` decodes the
+four replies in one batch (``decoding.batch``; exact, each row decodes as it would alone);
+``seek_many`` decodes them as rows of its own batch and calls ``reward_from_replies``.
 """
 
 from __future__ import annotations
 
 import re
 
-from .. import decode_batch
 from .._util import check_int
 from ..extract import last_boxed
 from ..prompts import render_chat
-from .base import Reward
+from .reply import ReplyReward
 
 VERDICT_MARKER = "Verdict:"
 TOTAL_WEIGHT = 6
@@ -61,20 +61,13 @@ _TRAILING_SPECIAL = re.compile(r"(?:\s*(?:<\|[^|<>\s]{1,40}\|>|</s>|<eos>|<end_o
 
 
 def parse_verdict(reply: str, marker: str = VERDICT_MARKER) -> bool:
-    """True when the text after the LAST ``marker`` approves (case-insensitive, ``*`` removed):
-    contains "true" -> approve; else contains "false" -> reject; anything else (an empty verdict, "yes",
-    no marker at all) -> reject. This is the research code's rule: its first-word fallback only
-    looks for "true"/"false" again, so it can never change the outcome."""
+    """True when the text after the LAST ``marker`` (case-insensitive, ``*`` removed) contains
+    "true"; anything else (a "false", an empty verdict, "yes", no marker at all) rejects. This is
+    the research code's rule: its first-word fallback only looks for "true"/"false" again, so it
+    can never change the outcome."""
     text = reply.replace("*", "").lower()
     pos = text.rfind(marker.replace("*", "").lower())
-    if pos < 0:
-        return False
-    after = text[pos + len(marker) :]
-    if "true" in after:
-        return True
-    if "false" in after:
-        return False
-    return False
+    return pos >= 0 and "true" in text[pos + len(marker) :]
 
 
 def strip_trailing_special(text: str, tokenizer=None) -> str:
@@ -96,9 +89,10 @@ def has_boxed(answer: str) -> bool:
     return re.search(r"\\boxed\s*\{", answer) is not None and last_boxed(answer) is not None
 
 
-class SelfReward(Reward):
+class SelfReward(ReplyReward):
     """The model as its own verifier. ``verdicts()`` gives the per-verifier verdicts; the last
-    prompts, replies and verdicts are kept in ``last_prompts``/``last_replies``/``last_verdicts``."""
+    prompts, replies and verdicts are kept in ``last_prompts``/``last_replies``/``last_verdicts``
+    (whoever decoded the replies)."""
 
     deterministic = True  # greedy verifier replies: the same answer gets the same verdicts
 
@@ -115,7 +109,9 @@ class SelfReward(Reward):
         self.last_replies: dict[str, str] = {}
         self.last_verdicts: dict[str, bool] = {}
 
-    def verifier_prompts(self, question: str, answer: str) -> dict[str, str]:
+    def reply_prompts(self, question: str, answer: str) -> dict[str, str]:
+        """The four verifier prompts (``VERIFIERS`` order), quoting ``answer`` without its
+        trailing special tokens."""
         solution = strip_trailing_special(answer, self.tokenizer)
         prompts = {}
         for name, (_, instruction) in VERIFIERS.items():
@@ -126,24 +122,21 @@ class SelfReward(Reward):
             prompts[name] = render_chat(self.tokenizer, _SYSTEM, user)
         return prompts
 
-    def generate_replies(self, prompts: list[str]) -> list[str]:
-        """Greedy replies to ``prompts`` (decoded without special tokens)."""
-        gen = decode_batch.greedy_generate_batch
-        if self.batched:
-            ids = gen(self.model, self.tokenizer, prompts, self.max_new_tokens)
-        else:
-            ids = [gen(self.model, self.tokenizer, [p], self.max_new_tokens)[0] for p in prompts]
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    verifier_prompts = reply_prompts  # the name of earlier releases
+
+    def reward_from_replies(self, question: str, answer: str, replies: dict[str, str]) -> float:
+        """Parse each verifier's reply (``parse_verdict``) and score the verdicts."""
+        missing = set(VERIFIERS) - set(replies)
+        if missing:
+            raise ValueError(f"replies lack the verifiers {sorted(missing)}; got {sorted(replies)}")
+        self.last_prompts = self.reply_prompts(question, answer)
+        self.last_replies = {name: replies[name] for name in VERIFIERS}
+        self.last_verdicts = {name: parse_verdict(reply) for name, reply in self.last_replies.items()}
+        return self.score_verdicts(self.last_verdicts, answer)
 
     def verdicts(self, question: str, answer: str) -> dict[str, bool]:
         """Each verifier's verdict (True = approves) on ``answer``."""
-        prompts = self.verifier_prompts(question, answer)
-        replies = self.generate_replies(list(prompts.values()))
-        if len(replies) != len(prompts):
-            raise RuntimeError(f"expected {len(prompts)} verifier replies, got {len(replies)}")
-        self.last_prompts = prompts
-        self.last_replies = dict(zip(prompts, replies))
-        self.last_verdicts = {name: parse_verdict(reply) for name, reply in self.last_replies.items()}
+        self.compute(question, answer)
         return dict(self.last_verdicts)
 
     def score_verdicts(self, verdicts: dict[str, bool], answer: str) -> float:
@@ -151,9 +144,6 @@ class SelfReward(Reward):
         if self.format_rule and not has_boxed(answer):
             penalty += FORMAT_PENALTY
         return -penalty / TOTAL_WEIGHT
-
-    def compute(self, question: str, answer: str) -> float:
-        return self.score_verdicts(self.verdicts(question, answer), answer)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,290 @@
+"""The batched driver: ``seek_many``/``iter_seek``, many seeks in flight (continuous batching).
+
+Each problem is a ``problem.ProblemSeek`` (Algorithm 1, as ``seek`` runs it). The driver keeps
+up to ``batch_size`` of them in flight on one ``decoding.HFDecoder`` (a slot KV store: every
+row its own cache positions) and repeats one round:
+
+1. admit queued problems into free slots (a finished problem's slot takes the next one);
+2. without running the model: score every answer that is due (a ``ReplyReward`` on the same
+   model, such as ``SelfReward``, has its replies decoded as rows of this batch: its four
+   verifier prompts share the quoted solution, so the first prefills it and the others fork
+   it), apply the stop rules, and take the latent step of every problem that is due in one call
+   (``latent.LatentSteps``; the ``reference`` backend, the oracle, loops per problem);
+3. one ``decoding.rows.advance`` over every row that is decoding (original answers,
+   continuations, replies): one forward (two when long feeds such as an admitted prompt run
+   apart), drafts verified, one argmax over all fed positions.
+
+A shared operation's wall time is split over the problems it served, in proportion to their
+work (tokens fed, latent rows), so the problems' ``timings`` add up to the time spent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+from .._util import check_int
+from ..backends import resolve_backend
+from ..config import SeekConfig
+from ..decoding import rows as decode_rows
+from ..decoding.batch import prompt_rows
+from ..decoding.model import lm_head_of
+from ..decoding.rows import Row
+from ..decoding.slots import HFDecoder
+from ..decoding.stops import answer_stop_ids, reply_stop_ids
+from ..prompts import build_prompt
+from ..rewards import make_reward
+from ..rewards.base import as_reward
+from ..rewards.reply import ReplyReward
+from .events import ProblemDone
+from .latent import LatentSteps, StepError
+from .problem import ProblemError, ProblemSeek, start_row
+from .result import PhaseClock, SeekResult
+from .sequential import check_on_event, decode_options, problem_parts
+
+
+class Engine:
+    """Runs the seeks of a list of problems; ``run()`` yields ``(index, SeekResult)`` as each
+    problem finishes. Every argument is checked here, before the first forward."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        problems: Sequence,
+        reward=None,
+        config: SeekConfig | None = None,
+        *,
+        batch_size: int = 8,
+        on_event: Callable | None = None,
+        prompts: Sequence[str] | None = None,
+        dataset: str = "gsm8k",
+        style: str = "boxed",
+        format_rule: bool = False,
+        **overrides,
+    ):
+        check_int("batch_size", batch_size)
+        check_on_event(on_event)
+        if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):
+            raise ValueError(
+                f"problems={problems!r}: expected a sequence of questions or data.Problem objects"
+            )
+        self.config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
+        self.model, self.tokenizer = model, tokenizer
+        self.head = lm_head_of(model)
+        self.device = self.head.weight.device
+        self.batch_size, self.on_event = batch_size, on_event
+        n = len(problems)
+        if prompts is not None and len(prompts) != n:
+            raise ValueError(f"prompts has {len(prompts)} entries; expected one per problem ({n})")
+        rewards = self._rewards(reward, n)
+        parts = []
+        for i, p in enumerate(problems):  # every question is checked before anything runs
+            try:
+                parts.append(problem_parts(p, dataset))
+            except ValueError as e:
+                raise ValueError(f"problems[{i}]: {e}") from None
+        self.specs = []
+        for i, (question, gold, ds) in enumerate(parts):
+            try:
+                obj = make_reward(
+                    rewards[i], model, tokenizer, gold=gold, dataset=ds, style=style, format_rule=format_rule
+                )
+                fn = as_reward(obj)
+            except Exception as e:
+                raise ProblemError(i, e) from e
+            self.specs.append((question, ds, fn))
+        self.prompts, self.style = prompts, style
+        self.backend = resolve_backend(self.config.backend, self.device, latent_dtype=self.config.latent_dtype)
+        self.stop = answer_stop_ids(tokenizer)
+        self.decoder = HFDecoder(model)
+        self.steps = LatentSteps(model, self.config, self.backend)
+        self.opts = decode_options(self.config, self.decoder, self.device)
+        self.rows: list[Row] = []  # decoding rows, each with ``tag = (problem, kind, name)``
+        self.slots: dict[int, int] = {}  # problem index -> its solver row's slot
+        self._reply_stop: frozenset[int] | None = None
+
+    @staticmethod
+    def _rewards(reward, n: int) -> list:
+        if isinstance(reward, (list, tuple)):
+            if len(reward) != n:
+                raise ValueError(
+                    f"reward is a sequence of {len(reward)} rewards; expected one per problem ({n})"
+                )
+            return list(reward)
+        return [reward] * n
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> Iterator[tuple[int, SeekResult]]:
+        queue = deque(range(len(self.specs)))
+        live: list[ProblemSeek] = []
+        while queue or live:
+            while queue and len(live) < self.batch_size:
+                live.append(self._admit(queue.popleft()))
+            failure = None
+            try:
+                self._settle(live)
+            except ProblemError as e:
+                failure = e
+            for p in [p for p in live if p.state == "done"]:
+                live.remove(p)
+                self.decoder.drop_row(self.slots.pop(p.index))
+                if self.on_event is not None:
+                    self.on_event(ProblemDone(p.index, p.result))
+                yield p.index, p.result
+            if failure is not None:
+                raise failure
+            if any(p.state == "done" for p in live):
+                continue
+            if queue and len(live) < self.batch_size:
+                continue  # admit before the next forward
+            if live:
+                self._decode_step()
+
+    def _admit(self, index: int) -> ProblemSeek:
+        question, ds, fn = self.specs[index]
+        t0 = time.perf_counter()
+        if self.prompts is not None:
+            prompt = self.prompts[index]
+        else:
+            prompt = build_prompt(self.tokenizer, question, dataset=ds, style=self.style)
+        prompt_ids = self.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+        p = ProblemSeek(
+            index, question, prompt_ids, fn, self.config, self.tokenizer, backend=self.backend,
+            label=f"problem {index}", answer_stop=self.stop, emit=self.on_event,
+        )  # fmt: skip
+        slot = self.decoder.add_row()
+        self.slots[index] = slot
+        self._add(start_row(self.decoder, slot, p.original_job()), p, "original")
+        p.clock.charge("generate", time.perf_counter() - t0)
+        return p
+
+    def _add(self, row: Row, p: ProblemSeek, kind: str, name: str | None = None) -> None:
+        row.tag = (p, kind, name)
+        self.rows.append(row)
+
+    # -- everything between forwards ---------------------------------------------------------
+    def _settle(self, live: list[ProblemSeek]) -> None:
+        """Score what is due, apply the stop rules, take the due latent steps, start the
+        continuations; repeat until only decoding is left."""
+        while True:
+            due = [p for p in live if p.state == "score"]
+            if due:
+                for p in due:
+                    self._score(p)
+                continue
+            due = [p for p in live if p.state == "step"]
+            due = [p for p in due if p.step_due()]  # the others finish here
+            if due:
+                self._latent_round(due)
+                continue
+            return
+
+    def _score(self, p: ProblemSeek) -> None:
+        try:
+            if isinstance(p.reward, ReplyReward) and p.reward.model is self.model:
+                self._start_replies(p)
+            else:
+                p.score_with()
+        except Exception as e:
+            raise ProblemError(p.index, e) from e
+
+    def _start_replies(self, p: ProblemSeek) -> None:
+        t0 = time.perf_counter()
+        prompts = p.reply_prompts()
+        if self._reply_stop is None:
+            self._reply_stop = reply_stop_ids(self.tokenizer, self.model)
+        ids = []
+        for name, text in prompts.items():
+            ids.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if not ids[-1]:
+                raise ValueError(f"reply prompt {name!r} encodes to no tokens")
+        cfg = self.config
+        rows = prompt_rows(
+            self.decoder, ids, stop=self._reply_stop, cap=p.reward.max_new_tokens,
+            drafts_k=cfg.draft_tokens, policy=cfg.draft_policy,
+        )  # fmt: skip
+        for name, row in zip(prompts, rows):
+            self._add(row, p, "reply", name)
+        p.clock.charge("reward", time.perf_counter() - t0)
+
+    def _latent_round(self, stepping: list[ProblemSeek]) -> None:
+        t0 = time.perf_counter()
+        for p in stepping:
+            if p.latent is None:
+                p.latent = self.steps.open(p.latent_rows)
+        try:
+            tokens = self.steps.step(
+                [p.latent for p in stepping],
+                [p.history[-1] for p in stepping],
+                [p.steps for p in stepping],
+                [p.label for p in stepping],
+                [p.need_next for p in stepping],
+            )
+        except StepError as e:
+            raise ProblemError(stepping[e.position].index, e.error) from e.__cause__
+        PhaseClock.share([(p.clock, "latent", p.L) for p in stepping], time.perf_counter() - t0)
+        for p, toks in zip(stepping, tokens):
+            job = p.stepped(toks)
+            if job is not None:
+                self._add(start_row(self.decoder, self.slots[p.index], job), p, "continue")
+
+    # -- one forward -------------------------------------------------------------------------
+    def _decode_step(self) -> None:
+        active = [r for r in self.rows if r.feed and r.fork is None]
+        if not active:
+            raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
+        finished = decode_rows.advance(self.decoder, self.head, self.rows, **self.opts)
+        if not finished:
+            return
+        done = set(map(id, finished))
+        self.rows = [r for r in self.rows if id(r) not in done]
+        width = self.head.weight.shape[1]
+        for row in finished:
+            p, kind, name = row.tag
+            try:
+                if kind == "original":
+                    p.original_done(row, width, self.device)
+                elif kind == "continue":
+                    p.continued(row)
+                else:
+                    t0 = time.perf_counter()
+                    self.decoder.drop_row(row.slot)
+                    p.replied(name, self.tokenizer.decode(row.ids, skip_special_tokens=True))
+                    p.clock.charge("reward", row.secs + time.perf_counter() - t0)
+            except Exception as e:
+                raise ProblemError(p.index, e) from e
+
+
+def iter_seek(model, tokenizer, problems: Sequence, reward=None, config: SeekConfig | None = None, **options):
+    """Seek every problem, up to ``batch_size`` at once; yield ``(index, SeekResult)`` as each
+    finishes. Arguments and keyword options as for ``seek_many`` (``Engine``); every one is
+    checked before the first forward."""
+    return Engine(model, tokenizer, problems, reward, config, **options).run()
+
+
+def seek_many(
+    model, tokenizer, problems: Sequence, reward=None, config: SeekConfig | None = None, **options
+) -> list[SeekResult]:
+    """``seek`` for every problem, with up to ``batch_size`` seeks in flight; results in input order.
+
+    - ``problems``: question strings or ``data.Problem`` objects.
+    - ``reward``: anything ``seek`` takes (an object with ``get_reward``, a callable
+      ``(question, answer) -> float``, ``"psrm"``, ``"self"``, None), applied to every problem,
+      or a list/tuple with one per problem. None: each problem's own PSRM where its gold answer
+      is known, else self-reward.
+    - ``config``: as for ``seek``; one config for all problems.
+    - keyword ``options`` (``Engine``'s): ``batch_size=8``; ``on_event`` (called with the events
+      of ``engine.events`` as they happen); ``prompts`` (already templated prompts, one per
+      problem: ``seek``'s ``prompt``); ``dataset="gsm8k"``, ``style="boxed"``,
+      ``format_rule=False`` (as for ``seek``); and ``SeekConfig`` fields overriding ``config``.
+
+    Each result is the ``SeekResult`` that ``seek`` would return for that problem (``timings``
+    hold the wall time attributed to it). A failing problem raises ``ProblemError`` naming its
+    index (the original exception is its cause).
+    """
+    results: list[SeekResult | None] = [None] * len(problems)
+    for index, res in iter_seek(model, tokenizer, problems, reward, config, **options):
+        results[index] = res
+    return results

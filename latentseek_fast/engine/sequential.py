@@ -1,0 +1,166 @@
+"""The sequential driver: one problem's seek (``problem.ProblemSeek``) on a plain cache.
+
+``seek()`` runs here. The decoder is ``decoding.CacheDecoder``, one transformers cache, so any
+causal LM that transformers can run works (sliding-window or other attention implementations
+included, which the batched driver's slot store cannot serve). Rewards are called as they are
+(``SelfReward`` decodes its four replies in one batch of its own). ``compat`` runs the same
+driver from a given original answer with the research code's stop rules (``continue_seek``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from .._util import say_once
+from ..backends import resolve_backend
+from ..config import SeekConfig
+from ..decoding import rows as decode_rows
+from ..decoding.decoder import CacheDecoder, Decoder
+from ..decoding.drafts import forward_positions
+from ..decoding.model import lm_head_of
+from ..decoding.stops import answer_stop_ids
+from ..prompts import build_prompt
+from ..rewards import make_reward
+from ..rewards.base import as_reward
+from .events import ProblemDone
+from .latent import LatentSteps, StepError
+from .problem import ProblemSeek, start_row
+from .result import SeekResult
+
+
+def decode_options(config: SeekConfig, decoder: Decoder, device) -> dict:
+    """The options of ``decoding.rows.advance`` for a run: the draft policy, the most drafts a
+    feed may carry (drafts stay in the decoder's main forward, below its long-feed width) and a
+    forward's fixed cost on ``device`` (``draft_policy="cost"``)."""
+    return {
+        "policy": config.draft_policy,
+        "max_drafts": min(config.draft_tokens, decoder.long_feed - 1),
+        "fixed_cost": forward_positions(device),
+    }
+
+
+def run_problem(p: ProblemSeek, model, steps: LatentSteps, decoder: Decoder | None = None) -> SeekResult:
+    """Drive ``p`` to its end on ``decoder`` (a fresh ``CacheDecoder`` by default); errors keep
+    their type (a latent step's names the step and the problem)."""
+    head = lm_head_of(model)
+    device, width = head.weight.device, head.weight.shape[1]
+    decoder = CacheDecoder(model) if decoder is None else decoder
+    opts = decode_options(p.config, decoder, device)
+    slot = decoder.add_row()
+    if p.state == "generate":
+        row = start_row(decoder, slot, p.original_job())
+        decode_rows.run(decoder, head, [row], **opts)
+        p.original_done(row, width, device)
+    while p.state != "done":
+        if p.state == "score":
+            p.score_with()
+        elif p.step_due():
+            t0 = time.perf_counter()
+            if p.latent is None:
+                p.latent = steps.open(p.latent_rows)
+            try:
+                (tokens,) = steps.step([p.latent], [p.history[-1]], [p.steps], [p.label], [p.need_next])
+            except StepError as e:
+                raise e.error from e.__cause__
+            p.clock.charge("latent", time.perf_counter() - t0)
+            job = p.stepped(tokens)
+            if job is not None:
+                row = start_row(decoder, slot, job)
+                decode_rows.run(decoder, head, [row], **opts)
+                p.continued(row)
+    return p.result
+
+
+def problem_parts(problem, dataset):
+    """``(question, gold, dataset)`` from a string or a ``data.Problem``."""
+    if hasattr(problem, "question"):
+        question, gold, dataset = problem.question, getattr(problem, "gold", None), problem.dataset or dataset
+    else:
+        question, gold = problem, None
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"problem={problem!r}: expected a non-empty question")
+    return question, gold, dataset
+
+
+def check_on_event(on_event) -> None:
+    if on_event is not None and not callable(on_event):
+        raise ValueError(f"on_event={on_event!r}: expected a callable taking one event, or None")
+
+
+def seek(
+    model,
+    tokenizer,
+    problem,
+    reward=None,
+    config: SeekConfig | None = None,
+    *,
+    prompt: str | None = None,
+    dataset: str = "gsm8k",
+    style: str = "boxed",
+    format_rule: bool = False,
+    on_event: Callable | None = None,
+    **overrides,
+) -> SeekResult:
+    """Answer ``problem`` greedily, then improve the answer by policy gradient on its latents.
+
+    ``problem``: a question string or a ``latentseek_fast.data.Problem``. ``reward``: any object with
+    ``get_reward(question, answer)``, any callable ``(question, answer) -> float``, ``"psrm"``,
+    ``"self"`` or None (PSRM when the problem has a gold answer, else self-reward); see
+    ``rewards.make_reward``, which also receives ``style`` and ``format_rule``. ``prompt``: an
+    already templated prompt; by default one is built with ``prompts.build_prompt``.
+    ``overrides`` replace fields of ``config``. ``on_event``: called with progress events as they
+    happen (``latentseek_fast.engine.events``: each original token, the scored original answer,
+    each iteration, the result; index 0).
+    """
+    config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
+    check_on_event(on_event)
+    question, gold, dataset = problem_parts(problem, dataset)
+    head = lm_head_of(model)
+    if prompt is None:
+        prompt = build_prompt(tokenizer, question, dataset=dataset, style=style)
+    reward_obj = make_reward(
+        reward, model, tokenizer, gold=gold, dataset=dataset, style=style, format_rule=format_rule
+    )
+    backend = resolve_backend(config.backend, head.weight.device, latent_dtype=config.latent_dtype)
+    label = f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}"
+    t0 = time.perf_counter()
+    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+    p = ProblemSeek(
+        0, question, prompt_ids, as_reward(reward_obj), config, tokenizer,
+        backend=backend, label=label, answer_stop=answer_stop_ids(tokenizer), emit=on_event,
+    )  # fmt: skip
+    p.clock.charge("generate", time.perf_counter() - t0)
+    result = run_problem(p, model, LatentSteps(model, config, backend))
+    say_once(f"seek-backend-{backend}", f"latentseek_fast: latent steps on the '{backend}' backend")
+    if on_event is not None:
+        on_event(ProblemDone(0, result))
+    return result
+
+
+def continue_seek(
+    model,
+    tokenizer,
+    *,
+    question: str,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    latents: torch.Tensor,
+    answer_text: str,
+    r0: float,
+    reward,
+    config: SeekConfig,
+    cont_stop: frozenset[int],
+    cont_cap: int,
+) -> SeekResult:
+    """Algorithm 1 from an original answer already decoded and scored ``r0`` (``compat``):
+    ``latents[t]`` produced token t; the continuations stop at ``cont_stop`` or ``cont_cap``."""
+    backend = resolve_backend(config.backend, latents.device, latent_dtype=config.latent_dtype)
+    p = ProblemSeek(
+        0, question, prompt_ids, as_reward(reward), config, tokenizer, backend=backend,
+        label="the problem", answer_stop=cont_stop, cont_stop=cont_stop, cont_cap=cont_cap,
+    )  # fmt: skip
+    p.from_answer(answer_ids, latents, answer_text, r0)
+    return run_problem(p, model, LatentSteps(model, config, backend))
