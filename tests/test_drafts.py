@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentseek_fast import SeekConfig, decode, seek
-from latentseek_fast import loop as loop_mod
 from latentseek_fast.drafts import BACKOFF_MAX, DecodeStats, DraftPool, DraftRow, greedy_continue_drafted
 
 V = 64  # small vocabulary: the random model's greedy text repeats in part, so drafts hit and miss
@@ -287,25 +286,20 @@ def test_seek_with_drafts_equals_seek_without(tiny64, tokenizer, tied):
 
 
 class _Recorder:
-    """Wraps ``loop.make_stepper`` to record each iteration's re-decoded tokens."""
+    """Wraps ``LatentSteps.step`` to record each iteration's re-decoded tokens."""
 
     def __init__(self, monkeypatch):
+        from latentseek_fast.engine.latent import LatentSteps
+
         self.tokens = []
-        real = loop_mod.make_stepper
+        real = LatentSteps.step
 
-        def make(*a, **kw):
-            stepper = real(*a, **kw)
-            step = stepper.step
+        def recording(steps, *args, **kwargs):
+            out = real(steps, *args, **kwargs)
+            self.tokens.extend(tuple(t) for t in out)
+            return out
 
-            def recording(*sa, **skw):
-                out = step(*sa, **skw)
-                self.tokens.append(tuple(out))
-                return out
-
-            stepper.step = recording
-            return stepper
-
-        monkeypatch.setattr(loop_mod, "make_stepper", make)
+        monkeypatch.setattr(LatentSteps, "step", recording)
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,7 @@ def test_seek_non_finite_latents_stop_naming_step(tiny, backend):
 
 
 class _Stub:
-    """A stepper whose state after the step is given."""
+    """A reference-backend latent state whose values after the step are given."""
 
     def __init__(self, latents, grad):
         self.latents, self.grad = latents, grad
@@ -176,15 +176,23 @@ class _Stub:
         return self.latents, self.grad
 
 
-def test_step_guard_names_latents_or_gradient():
-    from latentseek_fast.loop import _checked_step
+def test_step_guard_names_latents_or_gradient(tiny):
+    from latentseek_fast.engine.latent import LatentSteps, StepError
+
+    steps = LatentSteps(tiny[0], SeekConfig(backend="reference"), "reference")
+
+    def step(state, reward=-1.0, taken=0):
+        try:
+            return steps.step([state], [reward], [taken], ["problem 'x'"], [True])
+        except StepError as e:
+            raise e.error from None
 
     ok, bad = torch.zeros(2, 3), torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
-    assert _checked_step(_Stub(ok, ok), -1.0, 0, "problem 'x'", True) == [0]
-    assert _checked_step(_Stub(ok, None), -1.0, 0, "problem 'x'", False) == [0]
+    assert step(_Stub(ok, ok)) == [[0]]
+    assert step(_Stub(ok, None)) == [[0]]
     with pytest.raises(RuntimeError, match="seek step 4 of problem 'x': NaN or inf in the latents"):
-        _checked_step(_Stub(bad, ok), -1.0, 3, "problem 'x'", True)
+        step(_Stub(bad, ok), taken=3)
     with pytest.raises(RuntimeError, match="seek step 1 of problem 'x': NaN or inf in the gradient"):
-        _checked_step(_Stub(ok, bad * float("inf")), -1.0, 0, "problem 'x'", True)
+        step(_Stub(ok, bad * float("inf")))
     with pytest.raises(ValueError, match=r"seek step 1 of problem 'x': reward=nan"):
-        _checked_step(_Stub(ok, ok), float("nan"), 0, "problem 'x'", True)
+        step(_Stub(ok, ok), reward=float("nan"))

@@ -37,6 +37,7 @@ from ..prompts import build_prompt
 from ..rewards import make_reward
 from ..rewards.base import as_reward
 from ..rewards.reply import ReplyReward
+from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError
 from .problem import ProblemError, ProblemSeek, start_row
@@ -95,8 +96,29 @@ class Engine:
             except Exception as e:
                 raise ProblemError(i, e) from e
             self.specs.append((question, ds, fn))
-        self.prompts, self.style = prompts, style
-        self.backend = resolve_backend(self.config.backend, self.device, latent_dtype=self.config.latent_dtype)
+        # Every prompt is tokenized and checked against the model's context before anything runs.
+        self.context = context_limit(model)
+        self.prompt_ids: list[list[int]] = []
+        self.caps: list[int] = []  # the original answer's token cap (context.original_cap)
+        self.labels: list[str] = []  # how the context checks name each problem
+        for i, (question, ds, _) in enumerate(self.specs):
+            text = (
+                prompts[i]
+                if prompts is not None
+                else build_prompt(tokenizer, question, dataset=ds, style=style)
+            )
+            ids = tokenizer(text, return_tensors="pt").input_ids[0].tolist()
+            pid = getattr(problems[i], "id", None)
+            self.labels.append(f"problems[{i}]" + (f" (id {pid!r})" if pid is not None else ""))
+            self.caps.append(original_cap(len(ids), self.config.max_new_tokens, self.context, self.labels[i]))
+            self.prompt_ids.append(ids)
+        self.backend = resolve_backend(
+            self.config.backend,
+            self.device,
+            latent_dtype=self.config.latent_dtype,
+            head_shape=tuple(self.head.weight.shape),
+            max_steps=self.config.max_steps,
+        )
         self.stop = answer_stop_ids(tokenizer)
         self.decoder = HFDecoder(model)
         self.steps = LatentSteps(model, self.config, self.backend)
@@ -143,16 +165,12 @@ class Engine:
                 self._decode_step()
 
     def _admit(self, index: int) -> ProblemSeek:
-        question, ds, fn = self.specs[index]
+        question, _, fn = self.specs[index]
         t0 = time.perf_counter()
-        if self.prompts is not None:
-            prompt = self.prompts[index]
-        else:
-            prompt = build_prompt(self.tokenizer, question, dataset=ds, style=self.style)
-        prompt_ids = self.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
         p = ProblemSeek(
-            index, question, prompt_ids, fn, self.config, self.tokenizer, backend=self.backend,
-            label=f"problem {index}", answer_stop=self.stop, emit=self.on_event,
+            index, question, self.prompt_ids[index], fn, self.config, self.tokenizer, backend=self.backend,
+            label=f"problem {index}", answer_stop=self.stop, answer_cap=self.caps[index],
+            context=self.context, emit=self.on_event,
         )  # fmt: skip
         slot = self.decoder.add_row()
         self.slots[index] = slot

@@ -34,6 +34,7 @@ stop the problem with an error naming the step and the problem (``StepError``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -77,15 +78,32 @@ def finite_flags(latents: torch.Tensor, grad: torch.Tensor | None) -> torch.Tens
     return torch.stack(finite)
 
 
-def check_finite(ok: list[bool], reward: float, where: str) -> None:
+def check_finite(ok: list[bool], reward: float, where: str, lr: float | None = None) -> None:
     """The guard after a latent step, from ``finite_flags(...).tolist()``: NaN/inf in the latents
-    or the gradient raises ``RuntimeError`` naming ``where``."""
+    or the gradient raises ``overflow_error``'s RuntimeError."""
     if not all(ok):
-        what = "latents" if not ok[0] else "gradient"
-        raise RuntimeError(
-            f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); "
-            "lower lr or check the model's hidden states"
-        )
+        raise overflow_error(where, "latents" if not ok[0] else "gradient", reward, lr)
+
+
+def overflow_error(where: str, what: str, reward: float, lr: float | None) -> RuntimeError:
+    """The error of a latent step that left NaN/inf in the ``what`` (latents or gradient): it names
+    ``where``, the reward and the likely cause, the learning rate ``lr`` (Adam moves every latent
+    element by about lr per step)."""
+    rate = "the learning rate" if lr is None else f"the learning rate lr={lr!r}"
+    return RuntimeError(
+        f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); {rate} is the likely "
+        "cause (Adam moves every latent element by about lr per step, so lr * steps must stay well "
+        "inside the model dtype's range): lower lr (SeekConfig.lr, --lr), or check the model's "
+        "hidden states"
+    )
+
+
+@contextlib.contextmanager
+def _autograd_on():
+    """Autograd on, whatever the caller's ``torch.no_grad()``/``torch.inference_mode()``: the
+    reference step differentiates through the LM head (users wrap generation in those by habit)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _plain(exc: BaseException) -> bool:
@@ -101,8 +119,9 @@ class ReferenceStepper:
         self.head = head
         self.config = config
         self.exact = config.latent_dtype == "model"
-        init = latents.detach().clone()
-        self.param = torch.nn.Parameter(init if self.exact else init.float())
+        with _autograd_on():  # a normal tensor even when the latents were made in inference mode
+            init = latents.detach().clone()
+            self.param = torch.nn.Parameter(init if self.exact else init.float())
         self.optimizer = torch.optim.Adam([self.param], lr=config.lr)
         # The research code ignores a soft-cap (it calls lm_head directly); the exact mode does too.
         self.softcap = None if self.exact else softcap
@@ -139,16 +158,17 @@ class ReferenceStepper:
         ).tokens
 
     def step(self, reward: float, need_next: bool = True) -> list[int]:
-        self.optimizer.zero_grad()
-        logits = self._logits()
-        probs = torch.softmax(logits, dim=-1) + 1e-8
-        tokens = self._tokens(probs)
-        logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
-        loss = -reward * logp.sum()
-        loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
-        self.optimizer.step()
+        with _autograd_on():
+            self.optimizer.zero_grad()
+            logits = self._logits()
+            probs = torch.softmax(logits, dim=-1) + 1e-8
+            tokens = self._tokens(probs)
+            logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
+            loss = -reward * logp.sum()
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
+            self.optimizer.step()
         self.steps += 1
         with torch.no_grad():
             z = self.param if self.exact else self.param.to(self.head.weight.dtype)
@@ -289,9 +309,7 @@ class LatentSteps:
         self.config = config
         self.backend = backend
         self.softcap = softcap_of(model)
-        self.fused = (
-            None if backend == "reference" else FusedBatch(self.head, config, backend, self.softcap)
-        )
+        self.fused = None if backend == "reference" else FusedBatch(self.head, config, backend, self.softcap)
 
     def open(self, latents: torch.Tensor):
         """The state of one problem's latents ``[L, d]`` (copied; the input is not modified)."""
@@ -314,6 +332,7 @@ class LatentSteps:
         """One guarded step of every state (``steps[i]`` steps taken so far, ``labels[i]`` names
         its problem); returns each one's re-decoded tokens. Raises ``StepError``."""
         wheres = [step_where(s, label) for s, label in zip(steps, labels)]
+        lr = self.config.lr
         for i, (r, where) in enumerate(zip(rewards, wheres)):
             try:
                 check_step_reward(r, where)
@@ -327,6 +346,8 @@ class LatentSteps:
                 except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on inf latents
                     if not _plain(exc):
                         raise
+                    if not bool(torch.isfinite(self.latents_of(st)).all()):  # the update overflowed
+                        raise StepError(i, overflow_error(wheres[i], "latents", r, lr)) from exc
                     raise StepError(i, type(exc)(f"{wheres[i]}: {exc}")) from exc
                 flags.append(finite_flags(*st.state()))
         else:
@@ -336,25 +357,26 @@ class LatentSteps:
             except (ValueError, RuntimeError) as exc:
                 if not _plain(exc):
                     raise
-                self._blame(states, wheres, exc)
+                self._blame(states, wheres, rewards, exc)
                 raise
             flags = [finite_flags(s.latents, s.grad) for s in states]
         ok = torch.cat(flags).tolist()  # one sync for every problem's guard
         o = 0
         for i, (f, r) in enumerate(zip(flags, rewards)):
             try:
-                check_finite(ok[o : o + len(f)], r, wheres[i])
+                check_finite(ok[o : o + len(f)], r, wheres[i], lr)
             except RuntimeError as e:
                 raise StepError(i, e) from None
             o += len(f)
         return tokens
 
-    @staticmethod
-    def _blame(states: list, wheres: list[str], exc: BaseException) -> None:
-        """A batched step raised: name the problem whose latents are no longer finite (or the
-        only one stepping) and its step."""
+    def _blame(self, states: list, wheres: list[str], rewards: list[float], exc: BaseException) -> None:
+        """A batched step raised: name the problem whose latents are no longer finite (its update
+        overflowed: ``overflow_error``), or the only one stepping, and its step."""
         flags = torch.stack([torch.isfinite(s.latents).all() for s in states]).tolist()
         bad = [i for i, ok in enumerate(flags) if not ok] or ([0] if len(states) == 1 else [])
         if bad:
             i = bad[0]
+            if not flags[i]:
+                raise StepError(i, overflow_error(wheres[i], "latents", rewards[i], self.config.lr)) from exc
             raise StepError(i, type(exc)(f"{wheres[i]}: {exc}")) from exc

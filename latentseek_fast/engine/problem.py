@@ -33,6 +33,7 @@ from ..config import SeekConfig
 from ..decoding.drafts import DraftPool, DraftRow
 from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
+from .context import continuation_cap
 from .events import IterationDone, OriginalDone, OriginalToken, rate
 from .result import PhaseClock, SeekResult
 
@@ -91,6 +92,9 @@ class ProblemSeek:
     guard errors (``seek step K of LABEL``). ``answer_stop``/``cont_stop`` and ``cont_cap``: the
     stop tokens of the original answer and of the continuations and the continuations' cap
     (``seek``: the same stop set and ``max_new_tokens``; ``compat``: the research code's).
+    ``answer_cap``: the original answer's token cap (``context.original_cap``; default
+    ``max_new_tokens``); ``context``: the model's context in positions, which continuations
+    never pass (``context.continuation_cap``; None: no cap, as in ``compat``).
     ``emit``: called with the progress events of ``events.py``, or None.
     """
 
@@ -108,6 +112,8 @@ class ProblemSeek:
         answer_stop: frozenset[int],
         cont_stop: frozenset[int] | None = None,
         cont_cap: int | None = None,
+        answer_cap: int | None = None,
+        context: int | None = None,
         emit: Callable | None = None,
     ):
         self.index, self.question, self.prompt_ids = index, question, list(prompt_ids)
@@ -116,6 +122,8 @@ class ProblemSeek:
         self.answer_stop = answer_stop
         self.cont_stop = answer_stop if cont_stop is None else cont_stop
         self.cont_cap = config.max_new_tokens if cont_cap is None else cont_cap
+        self.answer_cap = config.max_new_tokens if answer_cap is None else answer_cap
+        self.context = context
         self.reuse_reward = getattr(reward, "deterministic", False) is True
         self.clock = PhaseClock()
         self.stats = DecodeStats()
@@ -155,7 +163,7 @@ class ProblemSeek:
             tok = self.tokenizer
             on_token = lambda t: self.emit(OriginalToken(self.index, t, tok.decode([t])))  # noqa: E731
         return DecodeJob(
-            [], self.prompt_ids, self.answer_stop, cfg.max_new_tokens, True, drafts, on_token, "generate"
+            [], self.prompt_ids, self.answer_stop, self.answer_cap, True, drafts, on_token, "generate"
         )
 
     def original_done(self, row: Row, width: int, device) -> None:
@@ -208,10 +216,17 @@ class ProblemSeek:
         start = self.config.start_index
         if start >= T:
             raise ValueError(f"start_index={start}: must be below the answer length T={T}")
+        self.L = min(self.L, T - start)  # what is optimised: only the latents after start exist
+        P = len(self.prompt_ids)
+        self.cont_cap = continuation_cap(P, start, self.L, self.cont_cap, self.context, self.label)
         # An original answer ended by a stop token is the greedy continuation of its own
         # re-decoded tokens.
         if self.answer_complete and T - start - self.L <= self.cont_cap:
-            self.seen[tuple(self.gen_ids[start : start + self.L])] = (list(self.gen_ids), self.original_text, r)
+            self.seen[tuple(self.gen_ids[start : start + self.L])] = (
+                list(self.gen_ids),
+                self.original_text,
+                r,
+            )
         self.prefix = list(self.gen_ids[:start])
         self.state = "step"
 

@@ -25,6 +25,7 @@ from ..decoding.stops import answer_stop_ids
 from ..prompts import build_prompt
 from ..rewards import make_reward
 from ..rewards.base import as_reward
+from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError
 from .problem import ProblemSeek, start_row
@@ -86,8 +87,10 @@ def problem_parts(problem, dataset):
 
 
 def check_on_event(on_event) -> None:
+    """``on_event`` must be None or a callable taking one event: a TypeError naming it otherwise,
+    before anything runs (not at the first event)."""
     if on_event is not None and not callable(on_event):
-        raise ValueError(f"on_event={on_event!r}: expected a callable taking one event, or None")
+        raise TypeError(f"on_event={on_event!r}: expected a callable taking one event, or None")
 
 
 def seek(
@@ -113,24 +116,37 @@ def seek(
     already templated prompt; by default one is built with ``prompts.build_prompt``.
     ``overrides`` replace fields of ``config``. ``on_event``: called with progress events as they
     happen (``latentseek_fast.engine.events``: each original token, the scored original answer,
-    each iteration, the result; index 0).
+    each iteration, the result; index 0); anything else but None raises TypeError up front.
+
+    A prompt that fills the model's context (``config.max_position_embeddings``) raises
+    ValueError before decoding; when prompt + ``max_new_tokens`` would pass it, the answers are
+    capped at the context with a warning (``engine.context``).
     """
-    config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     check_on_event(on_event)
+    config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     question, gold, dataset = problem_parts(problem, dataset)
+    label = f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}"
     head = lm_head_of(model)
     if prompt is None:
         prompt = build_prompt(tokenizer, question, dataset=dataset, style=style)
     reward_obj = make_reward(
         reward, model, tokenizer, gold=gold, dataset=dataset, style=style, format_rule=format_rule
     )
-    backend = resolve_backend(config.backend, head.weight.device, latent_dtype=config.latent_dtype)
-    label = f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}"
+    # Before decoding: a backend that cannot run (or would crawl under Triton's interpreter) fails now.
+    backend = resolve_backend(
+        config.backend,
+        head.weight.device,
+        latent_dtype=config.latent_dtype,
+        head_shape=tuple(head.weight.shape),
+        max_steps=config.max_steps,
+    )
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+    context = context_limit(model)
+    cap = original_cap(len(prompt_ids), config.max_new_tokens, context, label)
     p = ProblemSeek(
-        0, question, prompt_ids, as_reward(reward_obj), config, tokenizer,
-        backend=backend, label=label, answer_stop=answer_stop_ids(tokenizer), emit=on_event,
+        0, question, prompt_ids, as_reward(reward_obj), config, tokenizer, backend=backend, label=label,
+        answer_stop=answer_stop_ids(tokenizer), answer_cap=cap, context=context, emit=on_event,
     )  # fmt: skip
     p.clock.charge("generate", time.perf_counter() - t0)
     result = run_problem(p, model, LatentSteps(model, config, backend))
