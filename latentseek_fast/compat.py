@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from . import decode
 from .config import SeekConfig, update_length
+from .decoding.greedy import greedy
+from .decoding.stops import answer_stop_ids, eos_stop_ids
 from .loop import PhaseClock, seek_loop
 from .rewards import bind_question
 
@@ -41,13 +42,8 @@ def original_generation(input_text, model, tokenizer, device):
     kept, one ``[1, d]`` latent per generated token (stop token included), and the prompt plus
     every generated token but a final stop token, ``[1, P + T - 1]``.
     """
-    decode.lm_head_of(model)
     prompt_ids = tokenizer([input_text], return_tensors="pt").input_ids.to(device)
-    cache = decode.new_cache(model)
-    h = decode.prefill(model, prompt_ids, cache)
-    gen = decode.greedy_continue(
-        model, cache, h, stop=decode.stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP
-    )
+    gen = greedy(model, prompt_ids[0], stop=answer_stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP)
     kept = gen.ids[:-1] if gen.stopped_by == "stop" else gen.ids
     input_ids = torch.cat(
         [prompt_ids, torch.tensor([kept], dtype=torch.long, device=prompt_ids.device)], dim=1
@@ -107,7 +103,7 @@ def optimized_generation(
         r0=history_r0,
         score=score,
         config=config,
-        cont_stop=decode.stop_ids(tokenizer, eos_only=True),
+        cont_stop=eos_stop_ids(tokenizer),
         cont_max_tokens=max_new_tokens + 1,
         clock=PhaseClock(),
     )

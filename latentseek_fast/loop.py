@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import decode
 from ._util import REWARD_MAX, say_once
 from .backends import resolve_backend
 from .config import SeekConfig
-from .drafts import DecodeStats, DraftPool
+from .decoding.decoder import CacheDecoder
+from .decoding.drafts import DraftPool
+from .decoding.greedy import greedy
+from .decoding.model import lm_head_of
+from .decoding.rows import DecodeStats
+from .decoding.stops import answer_stop_ids
 from .rewards import bind_question, make_reward
 from .steppers import make_stepper
 
@@ -30,7 +34,7 @@ class SeekResult:
     latent steps taken (``len(rewards) - 1``); ``timings`` the wall seconds of each phase:
     ``generate`` (original answer), ``latent`` (gradient + update + re-decode of the L latents),
     ``decode`` (continuations) and ``reward``. ``reused``: iterations that reused an earlier
-    iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``drafts.DecodeStats`` of
+    iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``decoding.rows.DecodeStats`` of
     the original answer and the continuations (tokens, forwards, drafts fed and accepted).
     ``texts``: the answer each reward scored, aligned with ``rewards`` (``texts[0]`` is the
     original answer), so that an evaluation can judge every iteration (test-time scaling).
@@ -161,7 +165,7 @@ def seek_loop(
     cont_stop: frozenset[int],
     cont_max_tokens: int,
     clock: PhaseClock,
-    prompt_cache=None,
+    decoder: CacheDecoder | None = None,
     on_event=None,
     label: str = "the problem",
     pool=None,
@@ -171,18 +175,19 @@ def seek_loop(
 ) -> LoopOutcome:
     """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
-    ``latents[t]`` produced ``answer_ids[t]``. ``prompt_cache``, when given, holds at least the
-    prompt and the answer prefix (it is truncated and reused); else the prefix is prefilled here.
+    ``latents[t]`` produced ``answer_ids[t]``. ``decoder``, when given, is a ``CacheDecoder`` whose
+    row 0 holds at least the prompt and the answer prefix (it is rolled back and reused); else the
+    prefix is prefilled here.
     ``score`` maps an answer text to its reward. ``on_event`` gets an
     ``engine.events.IterationDone`` after each iteration; ``label`` names the problem in errors.
 
     With ``config.draft_tokens`` > 0 the continuations are drafted from ``pool`` (a
-    ``drafts.DraftPool``; by default one over the prompt and the answer), and each continuation is
+    ``decoding.drafts.DraftPool``; by default one over the prompt and the answer), and each continuation is
     added to it. With ``config.reuse``, re-decoded tokens seen in an earlier iteration reuse its
     continuation, and its reward when ``reuse_reward`` (the reward is deterministic);
     ``answer_complete`` says that ``answer_ids`` itself is such a continuation (decoded greedily
     with ``cont_stop`` and ended by one of them), so re-decoding its own tokens reuses it.
-    ``stats`` (a ``drafts.DecodeStats``), when given, counts the decoding and the reuses.
+    ``stats`` (a ``decoding.rows.DecodeStats``), when given, counts the decoding and the reuses.
     """
     T = int(latents.shape[0])
     L = config.update_length(T)
@@ -198,11 +203,11 @@ def seek_loop(
     prefix = list(answer_ids[:start])
     base = torch.cat([prompt_ids[0], torch.tensor(prefix, dtype=torch.long, device=prompt_ids.device)])
     base_len = int(base.numel())
-    if prompt_cache is None or decode.cache_length(prompt_cache) < base_len:
-        prompt_cache = decode.new_cache(model)
-        decode.prefill(model, base.view(1, -1), prompt_cache)
+    if decoder is None or decoder.length(0) < base_len:
+        decoder = CacheDecoder(model)
+        decoder.step({decoder.add_row(): base.tolist()})
     else:
-        decode.truncate_cache(prompt_cache, base_len)
+        decoder.rollback(0, base_len)
 
     t0 = time.perf_counter()
     stepper = make_stepper(model, rows, config, backend)
@@ -232,22 +237,21 @@ def seek_loop(
             if stats is not None:
                 stats.reused += 1
         else:
-            decode.truncate_cache(prompt_cache, base_len)
-            x = torch.tensor([new_tokens], dtype=torch.long, device=prompt_ids.device)
-            h = decode.prefill(model, x, prompt_cache)
+            decoder.rollback(0, base_len)
             row = (
                 pool.row(base.tolist() + new_tokens, k=config.draft_tokens, policy=config.draft_policy)
                 if pool is not None
                 else None
             )
-            cont = decode.greedy_continue(
+            cont = greedy(
                 model,
-                prompt_cache,
-                h,
+                new_tokens,
                 stop=cont_stop,
                 max_tokens=cont_max_tokens,
                 keep_latents=False,
                 drafts=row,
+                decoder=decoder,
+                slot=0,
             )
             ids = prefix + new_tokens + cont.ids
             text = tokenizer.decode(ids)
@@ -311,7 +315,7 @@ def seek(
     """
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     question, gold, dataset = problem_parts(problem, dataset)
-    head = decode.lm_head_of(model)
+    head = lm_head_of(model)
     if prompt is None:
         from .prompts import build_prompt
 
@@ -330,8 +334,7 @@ def seek(
 
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    cache = decode.new_cache(model)
-    h = decode.prefill(model, prompt_ids, cache)
+    decoder = CacheDecoder(model)
     on_token = None
     if on_event is not None:
         from .engine import events
@@ -341,14 +344,14 @@ def seek(
     if config.draft_tokens:
         pool = DraftPool([prompt_ids[0].tolist()])
         row = pool.row(prompt_ids[0].tolist(), k=config.draft_tokens, policy=config.draft_policy)
-    gen = decode.greedy_continue(
+    gen = greedy(
         model,
-        cache,
-        h,
-        stop=decode.stop_ids(tokenizer),
+        prompt_ids[0],
+        stop=answer_stop_ids(tokenizer),
         max_tokens=config.max_new_tokens,
         on_token=on_token,
         drafts=row,
+        decoder=decoder,
     )
     stats.add(gen)
     if pool is not None:
@@ -372,10 +375,10 @@ def seek(
         r0=r0,
         score=score,
         config=config,
-        cont_stop=decode.stop_ids(tokenizer),
+        cont_stop=answer_stop_ids(tokenizer),
         cont_max_tokens=config.max_new_tokens,
         clock=clock,
-        prompt_cache=cache,
+        decoder=decoder,
         on_event=on_event,
         label=f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}",
         pool=pool,

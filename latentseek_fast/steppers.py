@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from . import decode
 from .config import SeekConfig
+from .decoding.model import lm_head_of, softcap_of
 from .ops.latent_adam import latent_adam_
 from .ops.latent_policy_grad import latent_policy_grad
 
 
 def make_stepper(model, latents: torch.Tensor, config: SeekConfig, backend: str):
     """The stepper of the concrete ``backend`` (see ``backends.resolve_backend``) for ``latents``."""
-    head = decode.lm_head_of(model)
+    head = lm_head_of(model)
     if backend == "reference":
-        return ReferenceStepper(head, latents, config, softcap=decode.softcap_of(model))
-    return FusedStepper(head, latents, config, backend, softcap=decode.softcap_of(model))
+        return ReferenceStepper(head, latents, config, softcap=softcap_of(model))
+    return FusedStepper(head, latents, config, backend, softcap=softcap_of(model))
 
 
 class ReferenceStepper:

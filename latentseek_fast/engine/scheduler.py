@@ -18,14 +18,15 @@ The scheduler keeps up to ``batch_size`` problems in flight and repeats one roun
    verifier replies), ragged feeds included: one forward (two when long feeds such as an
    admitted prompt run apart, see ``HFDecoder.step``); one argmax over all fed positions.
 
-Drafts (``SeekConfig.draft_tokens``, see ``drafts.py``): before the forward each row past its
-prefill feeds [its last token, *up to K drafts] from its ``DraftRow``; after it the row keeps the
-longest prefix greedy agrees with plus greedy's own token, stops exactly where plain greedy stops,
-and rolls its rejected positions back (``Decoder.rollback``). Solver rows draft from the
-problem's ``DraftPool`` (prompt, original answer, earlier continuations: those of ``seek``), so
-their tokens, forwards and accepted drafts are ``seek``'s; verifier rows draft from their own
-prompt, which quotes the solution. Exact reuse (``SeekConfig.reuse``) is ``loop.seek_loop``'s: re-
-decoded tokens seen before take that continuation (and its reward when the reward is
+Drafts (``SeekConfig.draft_tokens``, see ``decoding/drafts.py``): the decode step is
+``decoding.rows.advance``: each row past its prefill feeds [its last token, *up to K drafts] from
+its ``DraftRow``, keeps the longest prefix greedy agrees with plus greedy's own token, stops
+exactly where plain greedy stops, and rolls its rejected positions back (``Decoder.rollback``).
+Solver rows draft from the problem's ``DraftPool`` (prompt, original answer, earlier
+continuations: those of ``seek``), so their tokens, forwards and accepted drafts are ``seek``'s;
+verifier rows draft from their own prompt, which quotes the solution
+(``decoding.batch.prompt_rows``). Exact reuse (``SeekConfig.reuse``) is ``loop.seek_loop``'s:
+re-decoded tokens seen before take that continuation (and its reward when the reward is
 deterministic) without a row.
 
 Wall time of a shared operation is split over the problems it served, in proportion to their
@@ -41,11 +42,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .. import decode
 from .._util import check_int
 from ..backends import resolve_backend
 from ..config import SeekConfig
-from ..drafts import DecodeStats, DraftPool, DraftRow, best_width, forward_positions
+from ..decoding.batch import prompt_rows
+from ..decoding.drafts import DraftPool, forward_positions
+from ..decoding.model import lm_head_of, softcap_of
+from ..decoding.rows import DecodeStats, Row, advance
+from ..decoding.slots import HFDecoder
+from ..decoding.stops import answer_stop_ids, reply_stop_ids
 from ..loop import (
     SeekResult,
     check_finite,
@@ -58,11 +63,13 @@ from ..loop import (
 from ..rewards import make_reward
 from ..rewards.base import as_reward, check_reward_value
 from ..steppers import make_stepper
-from .decoder import HFDecoder
 from .events import IterationDone, OriginalDone, OriginalToken, ProblemDone, rate
 from .latent import FusedBatch, FusedLatents
 
 PHASES = ("generate", "latent", "decode", "reward")
+# The phase a decoding row's time is charged to, by the kind of row (a row's ``tag`` is
+# ``(problem, kind, verifier name or None)``).
+ROW_PHASE = {"original": "generate", "continue": "decode", "verifier": "reward"}
 
 
 class ProblemError(RuntimeError):
@@ -76,46 +83,6 @@ class ProblemError(RuntimeError):
         super().__init__(f"problem {index}: {type(error).__name__}: {error}")
         self.index = index
         self.error = error
-
-
-# Shortest common prompt prefix worth a fork (a copy of its cached columns instead of a prefill).
-MIN_SHARED_PREFIX = 16
-
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the longest common prefix of ``seqs``."""
-    n = min(map(len, seqs), default=0)
-    for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs):
-            return i
-    return n
-
-
-def _verifier_stop_ids(tokenizer, model) -> frozenset[int]:
-    """The stop set the batched verifiers use (``greedy_generate_batch``)."""
-    from ..decode_batch import stop_token_ids
-
-    return frozenset(stop_token_ids(tokenizer, model))
-
-
-class _Row:
-    """One decoding stream on a decoder row: feed -> greedy tokens until a stop id or a cap."""
-
-    __slots__ = (
-        "row", "feed", "ids", "lats", "stop", "cap", "keep", "phase", "owner", "kind", "tag", "secs",
-        "draft", "m", "stats", "fork",
-    )  # fmt: skip
-
-    def __init__(self, row, feed, *, stop, cap, keep, phase, owner, kind, tag=None, draft=None):
-        self.row, self.feed, self.ids, self.lats = row, list(feed), [], []
-        self.stop, self.cap, self.keep, self.phase = stop, cap, keep, phase
-        self.owner, self.kind, self.tag, self.secs = owner, kind, tag, 0.0
-        self.draft: DraftRow | None = draft  # None: one token per forward
-        self.m = 0  # drafts in the current feed
-        self.stats = DecodeStats()  # forwards after the prefill feed, drafts fed and accepted
-        # (source row, length): wait for ``source``'s prefill, copy its first ``length`` cached
-        # positions, then feed the rest of this row's prompt (``Decoder.fork``).
-        self.fork: tuple[_Row, int] | None = None
 
 
 class _Problem:
@@ -183,7 +150,7 @@ class Engine:
             )
         self.config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
         self.model, self.tokenizer = model, tokenizer
-        self.head = decode.lm_head_of(model)
+        self.head = lm_head_of(model)
         self.device = self.head.weight.device
         self.batch_size, self.on_event = batch_size, on_event
         n = len(problems)
@@ -211,25 +178,18 @@ class Engine:
         self.backend = resolve_backend(
             self.config.backend, self.device, latent_dtype=self.config.latent_dtype
         )
-        self.stop = decode.stop_ids(tokenizer)
+        self.stop = answer_stop_ids(tokenizer)
         self.decoder = HFDecoder(model)
         self.fused = (
             None
             if self.backend == "reference"
-            else FusedBatch(self.head, self.config, self.backend, decode.softcap_of(model))
+            else FusedBatch(self.head, self.config, self.backend, softcap_of(model))
         )
         self._verifier_stop = None
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         # Drafts stay in the decoder's main forward: a feed of 1 + drafts must not be a long feed.
         self.max_drafts = min(self.config.draft_tokens, self.decoder.long_feed - 1)
         self.forward_positions = forward_positions(self.device)  # draft_policy "cost"
-
-    def _verifier_drafts(self, ids: list[int]) -> DraftRow | None:
-        """A verifier row drafts from its own prompt, which quotes the solution it judges."""
-        cfg = self.config
-        if not cfg.draft_tokens:
-            return None
-        return DraftRow(None, ids, k=cfg.draft_tokens, index_context=True, policy=cfg.draft_policy)
 
     @staticmethod
     def _rewards(reward, n: int) -> list:
@@ -307,17 +267,19 @@ class Engine:
         if self.config.draft_tokens:
             p.pool = DraftPool([prompt_ids])
             draft = p.pool.row(prompt_ids, k=self.config.draft_tokens, policy=self.config.draft_policy)
+        on_token = None
+        if self.on_event is not None:
+            on_token = lambda tok: self._emit(OriginalToken(index, tok, self.tokenizer.decode([tok])))  # noqa: E731
         self.rows.append(
-            _Row(
+            Row(
                 p.solver,
                 prompt_ids,
                 stop=self.stop,
                 cap=self.config.max_new_tokens,
-                keep=True,
-                phase="generate",
-                owner=p,
-                kind="original",
-                draft=draft,
+                keep_latents=True,
+                drafts=draft,
+                on_token=on_token,
+                tag=(p, "original", None),
             )
         )
         p.clock["generate"] += time.perf_counter() - t0
@@ -359,7 +321,7 @@ class Engine:
         except Exception as e:
             raise ProblemError(p.index, e) from e
         if self._verifier_stop is None:
-            self._verifier_stop = _verifier_stop_ids(self.tokenizer, self.model)
+            self._verifier_stop = reply_stop_ids(self.tokenizer, self.model)
         p.replies = {}
         prompts = {}
         for name, text in p.verifier_prompts.items():
@@ -369,37 +331,27 @@ class Engine:
             prompts[name] = ids
         # The prompts differ only after the quoted solution: the first prefills the common prefix
         # once and the others fork from it (each still feeds at least its last prompt token).
-        shared = _common_prefix(list(prompts.values()))
-        first = None
-        for name, ids in prompts.items():
-            share = min(shared, len(ids) - 1) if first is not None else 0
-            share = share if share >= MIN_SHARED_PREFIX else 0
-            row = _Row(
-                self.decoder.add_row(),
-                ids[share:],
-                stop=self._verifier_stop,
-                cap=sr.max_new_tokens,
-                keep=False,
-                phase="reward",
-                owner=p,
-                kind="verifier",
-                tag=name,
-                draft=self._verifier_drafts(ids),
-            )
-            if share:
-                row.fork = (first, share)
-            if first is None:
-                first = row
-            self.rows.append(row)
+        cfg = self.config
+        rows = prompt_rows(
+            self.decoder,
+            list(prompts.values()),
+            stop=self._verifier_stop,
+            cap=sr.max_new_tokens,
+            drafts_k=cfg.draft_tokens,
+            policy=cfg.draft_policy,
+        )
+        for name, row in zip(prompts, rows):
+            row.tag = (p, "verifier", name)
+        self.rows.extend(rows)
         p.state = "verify"
         p.clock["reward"] += time.perf_counter() - t0
 
-    def _verifier_done(self, p: _Problem, row: _Row) -> None:
+    def _verifier_done(self, p: _Problem, row: Row) -> None:
         from ..rewards.self_reward import parse_verdict
 
         t0 = time.perf_counter()
-        self.decoder.drop_row(row.row)
-        p.replies[row.tag] = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        self.decoder.drop_row(row.slot)
+        p.replies[row.tag[2]] = self.tokenizer.decode(row.ids, skip_special_tokens=True)
         if len(p.replies) == len(p.verifier_prompts):
             sr = p.self_reward
             replies = {name: p.replies[name] for name in p.verifier_prompts}
@@ -530,16 +482,14 @@ class Engine:
                     p.prompt_ids + p.prefix + p.new_tokens, k=cfg.draft_tokens, policy=cfg.draft_policy
                 )
             self.rows.append(
-                _Row(
+                Row(
                     p.solver,
                     p.new_tokens,
                     stop=self.stop,
                     cap=cfg.max_new_tokens,
-                    keep=False,
-                    phase="decode",
-                    owner=p,
-                    kind="continue",
-                    draft=draft,
+                    keep_latents=False,
+                    drafts=draft,
+                    tag=(p, "continue", None),
                 )
             )
             p.state = "decode"
@@ -578,104 +528,34 @@ class Engine:
 
     # -- one forward -------------------------------------------------------------------------
     def _decode_step(self) -> None:
-        rows = [r for r in self.rows if r.feed and r.fork is None]
-        if not rows:
-            raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
-        t0 = time.perf_counter()
-        proposed = []
-        for r in rows:  # past its prefill, a row feeds [its last token, *drafts]
-            r.m = 0
-            if r.draft is not None and r.ids:
-                drafts = r.draft.propose(min(r.cap - len(r.ids) - 1, self.max_drafts))
-                if drafts:
-                    proposed.append((r, drafts))
-        if proposed and self.config.draft_policy == "cost":
-            # One width for the padded block: every row pays for the widest feed.
-            floor = max((len(r.feed) for r in rows if len(r.feed) <= self.decoder.long_feed), default=1)
-            width = best_width(
-                [(len(d), r.draft.acceptance) for r, d in proposed],
-                producing=len(rows),
-                slots=self.decoder.step_rows(),
-                fixed=self.forward_positions,
-                floor=floor,
-            )
-            proposed = [(r, d[: width - len(r.feed)]) for r, d in proposed]
-        for r, drafts in proposed:
-            r.m = len(drafts)
-            r.feed = r.feed + drafts
-        hidden = self.decoder.step({r.row: r.feed for r in rows})
-        fed = set(map(id, rows))
-        for r in self.rows:  # forks whose source was just prefilled (before any row is dropped)
-            if r.fork is not None and id(r.fork[0]) in fed:
-                self.decoder.fork(r.row, r.fork[0].row, r.fork[1])
-                r.fork = None
-        # states[j] of a row predicts the token after its fed position j: the last one of a
-        # prefill feed, every one of [token, *drafts].
-        states = [hidden[r.row][-(1 + r.m) :] for r in rows]
-        greedy = torch.argmax(self.head(torch.cat(states)), dim=-1).tolist()  # the step's one sync
-        spent = time.perf_counter() - t0
-        total = sum(len(r.feed) for r in rows)
-        finished = []
-        o = 0
-        for r, st in zip(rows, states):
-            m = r.m
-            g = greedy[o : o + 1 + m]
-            o += 1 + m
-            share = spent * len(r.feed) / total
-            r.owner.clock[r.phase] += share
-            r.secs += share
-            drafts = r.feed[len(r.feed) - m :] if m else []
-            a = 0
-            while a < m and g[a] == drafts[a]:
-                a += 1
-            if r.ids:  # not the prefill feed (seek counts forwards after the first token)
-                r.stats.forwards += 1
-                r.stats.drafted += m
-                r.stats.accepted += a
-            if m:
-                r.draft.observe(m, a)
-            done = False
-            emitted = 0
-            for tok in g[: a + 1]:  # stop exactly where plain greedy stops
-                r.ids.append(tok)
-                emitted += 1
-                if r.kind == "original" and self.on_event is not None:
-                    self._emit(OriginalToken(r.owner.index, tok, self.tokenizer.decode([tok])))
-                if tok in r.stop or len(r.ids) >= r.cap:
-                    done = True
-                    break
-            if r.keep:
-                r.lats.append(st[:emitted])
-            if 1 + m > emitted:  # keep the fed positions before the last emitted token
-                self.decoder.rollback(r.row, self.decoder.length(r.row) - (1 + m - emitted))
-            if r.draft is not None:
-                r.draft.extend(g[:emitted])
-            if done:
-                r.feed = []
-                finished.append(r)
-            else:
-                r.feed = [r.ids[-1]]
+        finished = advance(
+            self.decoder,
+            self.head,
+            self.rows,
+            policy=self.config.draft_policy,
+            max_drafts=self.max_drafts,
+            fixed_cost=self.forward_positions,
+        )
         if finished:
-            done_ids = set(map(id, finished))
-            self.rows = [r for r in self.rows if id(r) not in done_ids]
+            self.rows = [r for r in self.rows if not r.done]
             for r in finished:
                 self._row_done(r)
 
-    def _row_done(self, r: _Row) -> None:
-        p = r.owner
+    def _row_done(self, r: Row) -> None:
+        p, kind, _ = r.tag
+        p.clock[ROW_PHASE[kind]] += r.secs  # its share of the forwards it took part in
         t0 = time.perf_counter()
-        if r.kind == "original":
+        if kind == "original":
             p.gen_ids = r.ids
-            width = self.head.weight.shape[1]
-            p.gen_latents = torch.cat(r.lats) if r.lats else torch.empty(0, width, device=self.device)
-            self._count(p, r)
+            p.gen_latents = r.latent_tensor(self.head.weight.shape[1], self.device)
+            p.stats.add(r)
             if p.pool is not None:
                 p.pool.add(r.ids)
             p.original_text = self.tokenizer.decode(r.ids)
             p.text_to_score = p.original_text
             p.clock["generate"] += time.perf_counter() - t0
             p.state = "score"
-        elif r.kind == "continue":
+        elif kind == "continue":
             p.ids = p.prefix + p.new_tokens + r.ids
             p.text = self.tokenizer.decode(p.ids)
             p.text_to_score = p.text
@@ -683,20 +563,12 @@ class Engine:
             p.clock["decode"] += spent
             p.decode_secs = r.secs + spent
             p.decode_tokens = len(p.new_tokens) + len(r.ids)
-            self._count(p, r)
+            p.stats.add(r)
             if p.pool is not None:
                 p.pool.add(p.ids)
             p.state = "score"
         else:
             self._verifier_done(p, r)
-
-    @staticmethod
-    def _count(p: _Problem, r: _Row) -> None:
-        """Add a solver row's decoding to the problem's ``decode_stats`` (seek's ``stats.add``)."""
-        p.stats.tokens += len(r.ids)
-        p.stats.forwards += r.stats.forwards
-        p.stats.drafted += r.stats.drafted
-        p.stats.accepted += r.stats.accepted
 
 
 def iter_seek(

@@ -7,16 +7,17 @@ checks that the question asked is the one answered. Each reply must end with ``V
 True or False; the reward is ``-(sum of the rejecting verifiers' weights) / 6``, and with
 ``format_rule`` an answer without ``\\boxed{...}`` loses 2 more before the division.
 
-The four replies are generated greedily in one left-padded batch (``decode_batch.py``), which in fp32
-gives the same tokens as running them one by one; ``batched=False`` runs them one by one.
+The four replies are generated greedily as rows of one batch (``decoding.batch``: the prompts'
+shared prefix, the quoted solution, is prefilled once), which in exact arithmetic gives the same
+tokens as running them one by one; ``batched=False`` runs them one by one.
 """
 
 from __future__ import annotations
 
 import re
 
-from .. import decode_batch
 from .._util import check_int
+from ..decoding import batch
 from ..extract import last_boxed
 from ..prompts import render_chat
 from .base import Reward
@@ -128,7 +129,7 @@ class SelfReward(Reward):
 
     def generate_replies(self, prompts: list[str]) -> list[str]:
         """Greedy replies to ``prompts`` (decoded without special tokens)."""
-        gen = decode_batch.greedy_generate_batch
+        gen = batch.greedy_generate_batch
         if self.batched:
             ids = gen(self.model, self.tokenizer, prompts, self.max_new_tokens)
         else:
