@@ -22,6 +22,7 @@ from setuptools import setup
 
 PACKAGES = [
     "latentseek_fast",
+    "latentseek_fast.decoding",
     "latentseek_fast.engine",
     "latentseek_fast.ops",
     "latentseek_fast.rewards",

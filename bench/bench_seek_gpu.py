@@ -98,23 +98,24 @@ def random_model(cfg_kwargs: dict, tok, device, dtype):
 
 def silence_stop_tokens(model, tok) -> list[int]:
     """Zero the LM-head rows of every stop token so greedy decoding never stops early."""
-    from latentseek_fast import decode as D
+    from latentseek_fast.decoding.model import lm_head_of
+    from latentseek_fast.decoding.stops import answer_stop_ids
 
-    ids = sorted(D.stop_ids(tok))
+    ids = sorted(answer_stop_ids(tok))
     with torch.no_grad():
-        D.lm_head_of(model).weight[ids] = 0
+        lm_head_of(model).weight[ids] = 0
     return ids
 
 
 def warm_backend(model, backend: str, L: int) -> None:
     """Compile/load the backend's kernels at the seek's shape (kept out of the timed seek)."""
-    from latentseek_fast import decode as D
+    from latentseek_fast.decoding.model import lm_head_of
     from latentseek_fast.ops.latent_adam import latent_adam_
     from latentseek_fast.ops.latent_policy_grad import latent_policy_grad
 
     if backend == "reference":
         return
-    W = D.lm_head_of(model).weight.detach()
+    W = lm_head_of(model).weight.detach()
     h = torch.randn(L, W.shape[1], device=W.device, dtype=W.dtype)
     out = latent_policy_grad(h, W, 1.0, backend=backend, need_grad=True)
     m = torch.zeros(h.shape, dtype=torch.float32, device=h.device)

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, time_fn, write_rows  # noqa: E402
 
-from latentseek_fast import decode  # noqa: E402
+from latentseek_fast.decoding.model import cache_keyword, lm_head_of, new_cache, truncate_cache  # noqa: E402
 from latentseek_fast.models import load_model  # noqa: E402
 
 SHAPES = {"1x1": (1, 1), "1x9": (1, 9), "8x1": (8, 1)}
@@ -47,9 +47,9 @@ def make_forward(model, rows: int, tokens: int, context: int, seed: int = 0):
     cached positions, then the head and argmax at every new position, and cropping the cache back."""
     g = torch.Generator().manual_seed(seed)
     V = model.config.vocab_size
-    cache = decode.new_cache(model)
-    backbone, head = model.model, decode.lm_head_of(model)
-    kw = decode.cache_keyword(backbone)
+    cache = new_cache(model)
+    backbone, head = model.model, lm_head_of(model)
+    kw = cache_keyword(backbone)
     with torch.no_grad():
         backbone(input_ids=torch.randint(0, V, (rows, context), generator=g), use_cache=True, **{kw: cache})
     new = torch.randint(0, V, (rows, tokens), generator=g)
@@ -58,7 +58,7 @@ def make_forward(model, rows: int, tokens: int, context: int, seed: int = 0):
     def fn():
         h = backbone(input_ids=new, use_cache=True, **{kw: cache})[0]
         head(h).argmax(-1).tolist()  # the host sync a stop test needs
-        decode.truncate_cache(cache, context)
+        truncate_cache(cache, context)
 
     return fn
 

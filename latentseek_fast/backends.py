@@ -7,7 +7,7 @@ unusable choice raises the same error. Nothing here imports Triton or probes a G
 
 from __future__ import annotations
 
-from ._util import say_once
+from ._util import check_choice, say_once
 from .kernels import interpreting  # the kernels' own test; that package file imports no triton
 
 __all__ = [
@@ -40,9 +40,7 @@ def triton_unavailable_reason(device) -> str | None:
 
 def check_backend(backend) -> str:
     """``backend`` when it is one of :data:`BACKENDS`, else a ValueError naming it."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: allowed values are {BACKENDS}")
-    return backend
+    return check_choice("backend", backend, BACKENDS)
 
 
 def resolve_backend(backend: str, device, *, latent_dtype: str = "fp32") -> str:

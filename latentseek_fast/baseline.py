@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .config import update_length
-from .decode import STOP_WORDS
+from .decoding.stops import STOP_WORDS
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from ._util import TEMPERATURE_MIN
 from .backends import BACKENDS, MODES
 
 LATENT_DTYPES = ("fp32", "model")
-# How many proposed drafts a forward feeds (``SeekConfig.draft_policy``; see ``drafts.best_width``).
+# How many proposed drafts a forward feeds (``SeekConfig.draft_policy``; see ``decoding.drafts.best_width``).
 DRAFT_POLICIES = ("full", "cost")
 # Rewards that can be named instead of passed as objects (built by ``rewards.make_reward``).
 REWARD_NAMES = ("psrm", "self")
@@ -44,9 +44,9 @@ class SeekConfig:
       Re-decoding is always greedy.
     - ``draft_tokens``: most tokens drafted per forward when decoding the original answer and the
       continuations (copied from the prompt and the problem's earlier answers, verified by greedy
-      decoding; see ``drafts.py``); 0 decodes one token per forward. The tokens are the same.
+      decoding; see ``decoding/drafts.py``); 0 decodes one token per forward. The tokens are the same.
     - ``draft_policy``: ``full`` feeds every draft proposed; ``cost`` feeds only as many as pay for
-      their compute by a cost model of the forward (``drafts.best_width``). The tokens are the same.
+      their compute by a cost model of the forward (``decoding.drafts.best_width``). The tokens are the same.
     - ``reuse``: an iteration whose re-decoded tokens equal an earlier iteration's reuses that
       continuation (and its reward, when the reward declares itself deterministic).
     """

@@ -88,11 +88,22 @@ def make_tiny_model(
     seed: int = 0,
     tie: bool = True,
     dtype=torch.float32,
+    sliding_window: int | None = None,
 ):
-    """A random decoder-only model that shares the embedded tokenizer's vocabulary."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    """A random decoder-only model that shares the embedded tokenizer's vocabulary.
 
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    ``sliding_window``: every layer attends to that many positions only (``arch`` "qwen2", whose
+    config lists ``layer_types``, or "mistral", whose config has no ``layer_types``)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
+    window = {}
+    if arch == "qwen2" and sliding_window:
+        window = {"use_sliding_window": True, "sliding_window": sliding_window, "max_window_layers": 0}
+    elif arch == "mistral":
+        window = {"sliding_window": sliding_window}
+    elif sliding_window:
+        raise ValueError(f"arch={arch!r} has no sliding window")
     cfg = cls(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -105,6 +116,7 @@ def make_tiny_model(
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
+        **window,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)

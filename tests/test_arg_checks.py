@@ -6,10 +6,12 @@ import re
 
 import pytest
 
-from latentseek_fast import decode_batch, drafts
 from latentseek_fast._util import check_int
 from latentseek_fast.data import Problem
-from latentseek_fast.engine.decoder import HFDecoder
+from latentseek_fast.decoding import drafts
+from latentseek_fast.decoding.batch import greedy_generate_batch
+from latentseek_fast.decoding.greedy import greedy
+from latentseek_fast.decoding.slots import HFDecoder
 from latentseek_fast.engine.scheduler import Engine
 from latentseek_fast.rewards.self_reward import SelfReward
 
@@ -39,13 +41,11 @@ def test_check_int_bounds_none_and_note():
             "k=-1: expected an integer >= 0 (0 turns drafting off)",
         ),
         (
-            lambda m, t: drafts.greedy_continue_drafted(
-                m, None, None, stop=frozenset(), max_tokens=0, row=drafts.DraftRow(None)
-            ),
+            lambda m, t: greedy(m, [4, 5], stop=frozenset(), max_tokens=0, drafts=drafts.DraftRow(None)),
             "max_tokens=0: expected an integer >= 1",
         ),
         (
-            lambda m, t: decode_batch.greedy_generate_batch(m, t, ["hi"], 2.0),
+            lambda m, t: greedy_generate_batch(m, t, ["hi"], 2.0),
             "max_new_tokens=2.0: expected an integer >= 1",
         ),
         (lambda m, t: SelfReward(m, t, max_new_tokens=True), "max_new_tokens=True: expected an integer >= 1"),

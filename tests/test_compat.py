@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from conftest import AdamGradients, LatentDecisions, assert_same_or_near_tie
+from conftest import AdamGradients, LatentDecisions, assert_same_or_near_tie, make_tiny_model
 
 from latentseek_fast import baseline, compat
+from latentseek_fast.decoding.greedy import greedy
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
@@ -136,3 +137,22 @@ def test_configure_validates():
     with pytest.raises(ValueError, match="latent_dtype='model'"):
         compat.configure(backend="torch", latent_dtype="model")
     assert compat.configure() == {"backend": "reference", "latent_dtype": "model"}
+
+
+def test_sliding_window_model_matches_research_way(tokenizer, prompt):
+    """A tiny fp64 Mistral whose layers see 4 positions: the drop-ins (a KV cache rolled back past
+    the window between iterations) give the research way's answers, rewards and latents."""
+    model = make_tiny_model("mistral", sliding_window=4, dtype=torch.float64, seed=3, tie=False)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    truth = greedy(model, ids, stop=frozenset(), max_tokens=11).ids
+    with torch.no_grad():  # eos (2) wherever the 11th greedy token would be: the answer stops
+        model.lm_head.weight[2] = 1.01 * model.lm_head.weight[truth[10]]
+    answer, states, got_ids = compat.original_generation(prompt, model, tokenizer, "cpu")
+    b_answer, b_states, b_ids = baseline.original_generation(prompt, model, tokenizer, "cpu")
+    assert answer == b_answer and torch.equal(got_ids, b_ids) and len(states) == 11
+    torch.testing.assert_close(torch.cat(states), torch.cat(b_states), rtol=0, atol=1e-10)
+    kw = dict(max_num_steps=3, lr=0.5, max_new_tokens=12, k=0.5)
+    args = (model, tokenizer, "cpu", QUESTION, prompt, answer, states, got_ids)
+    ours = compat.optimized_generation(ScriptedRM(-1.0), *args, **kw)
+    assert ours == baseline.optimized_generation(ScriptedRM(-1.0), *args, **kw)
+    assert ours[1] == [-1.0] * 4 and ours[0] != answer  # three steps ran and moved the answer

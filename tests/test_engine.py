@@ -15,7 +15,6 @@ import torch
 from conftest import assert_same_or_near_tie, make_tiny_model
 
 import latentseek_fast as lsf
-from latentseek_fast import decode
 from latentseek_fast.engine import (
     IterationDone,
     OriginalDone,
@@ -23,7 +22,6 @@ from latentseek_fast.engine import (
     ProblemDone,
     ProblemError,
 )
-from latentseek_fast.engine.decoder import HFDecoder
 from latentseek_fast.rewards import SelfReward
 
 QUESTIONS = [
@@ -95,131 +93,6 @@ def assert_same(got, want):
                 f"problem {i}: {f} differs: {getattr(g, f)!r} != {getattr(w, f)!r}"
             )
         assert set(g.timings) == set(w.timings) and all(v >= 0 for v in g.timings.values())
-
-
-# -- the decoder ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", ["one-forward", "long-feeds-apart", "in-pieces"])
-def test_decoder_step_equals_per_row_decoding(llama64, mode):
-    """Ragged feeds, several tokens per row per step, rollback of one row, drop and slot reuse:
-    every latent equals the one of the same tokens run alone through a fresh cache.
-    ``long-feeds-apart``: feeds of more than 2 tokens run as a second forward over their own
-    (gathered) slots; ``in-pieces``: at most 6 positions per forward, so 3 rows are fed 2 tokens
-    at a time."""
-    model = llama64
-    g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(0, 49152, (n,), generator=g).tolist() for n in (5, 9, 3)]
-
-    def alone(seq):
-        with torch.no_grad():
-            return decode.hidden_states(model, torch.tensor([seq]), decode.new_cache(model))[0]
-
-    def close(a, b):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-
-    # A small store, so that it grows while rows live.
-    split = mode == "long-feeds-apart"
-    dec = HFDecoder(
-        model,
-        initial_capacity=4,
-        long_feed=2,
-        split_gain=0.0 if split else 1e9,
-        max_positions=6 if mode == "in-pieces" else None,
-    )
-    a, b, c = (dec.add_row() for _ in range(3))
-    s1 = dec.step({a: seqs[0][:2], b: seqs[1], c: seqs[2][:1]})
-    s2 = dec.step({a: seqs[0][2:], c: seqs[2][1:2]})
-    s3 = dec.step({c: seqs[2][2:]})
-    close(torch.cat([s1[a], s2[a]]), alone(seqs[0]))
-    close(s1[b], alone(seqs[1]))
-    close(torch.cat([s1[c], s2[c], s3[c]]), alone(seqs[2]))
-    assert [dec.length(r) for r in (a, b, c)] == [5, 9, 3]
-
-    dec.rollback(b, 4)  # b forgets 5 positions; a and c keep theirs
-    s4 = dec.step({b: [7, 8, 9], a: [11]})
-    close(s4[b], alone(seqs[1][:4] + [7, 8, 9])[4:])
-    close(s4[a], alone(seqs[0] + [11])[5:])
-    s5 = dec.step({c: [12, 13]})
-    close(s5[c], alone(seqs[2] + [12, 13])[3:])
-
-    # in pieces: steps of width 9, 3, 1, 3, 2 over 3 slots, 2 tokens per forward
-    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 8, "in-pieces": 5 + 2 + 1 + 2 + 1}[mode]
-    dec.drop_row(a)
-    d = dec.add_row()
-    assert d == a and dec.length(d) == 0  # the freed slot is reused, empty
-    s6 = dec.step({d: [1, 2, 3], b: [4]})
-    close(s6[d], alone([1, 2, 3]))
-    close(s6[b], alone(seqs[1][:4] + [7, 8, 9, 4])[7:])
-
-    with pytest.raises(ValueError, match="row=7"):
-        dec.rollback(7, 0)
-    with pytest.raises(ValueError, match="length=9"):
-        dec.rollback(b, 9)
-    with pytest.raises(ValueError, match="no tokens"):
-        dec.step({b: []})
-    with pytest.raises(ValueError, match="max_positions=0"):
-        HFDecoder(model, max_positions=0)
-
-
-def test_decoder_fork_equals_feeding_the_prefix(llama64):
-    """A row forked from another's first n positions continues exactly as if fed those n
-    tokens itself; the source and other rows are untouched; bad forks are named."""
-    model = llama64
-    g = torch.Generator().manual_seed(2)
-    prefix, tail_a, tail_b = (torch.randint(0, 49152, (n,), generator=g).tolist() for n in (7, 3, 4))
-
-    def alone(seq):
-        with torch.no_grad():
-            return decode.hidden_states(model, torch.tensor([seq]), decode.new_cache(model))[0]
-
-    dec = HFDecoder(model, initial_capacity=4)
-    a, other = dec.add_row(), dec.add_row()
-    dec.step({a: prefix + tail_a, other: [9, 9]})
-    b = dec.add_row()
-    dec.step({b: [1, 2]})  # b's own positions are dropped by the fork
-    dec.fork(b, a, len(prefix))
-    assert dec.length(b) == len(prefix) and dec.length(a) == len(prefix) + len(tail_a)
-    out = dec.step({b: tail_b, a: [5], other: [6]})
-    torch.testing.assert_close(out[b], alone(prefix + tail_b)[len(prefix) :], rtol=0, atol=1e-12)
-    torch.testing.assert_close(out[a], alone(prefix + tail_a + [5])[-1:], rtol=0, atol=1e-12)
-    torch.testing.assert_close(out[other], alone([9, 9, 6])[-1:], rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="length=99"):
-        dec.fork(b, a, 99)
-    with pytest.raises(ValueError, match="itself"):
-        dec.fork(a, a, 1)
-    with pytest.raises(ValueError, match="row=7"):
-        dec.fork(7, a, 1)
-
-
-def test_decoder_store_grows_by_half_keeping_its_rows(llama64):
-    """The KV store grows to what a step needs, by 1.5x or 256 columns at least (not doubling),
-    slots by 1.5x or 4, and the rows' cached positions survive every growth."""
-    from latentseek_fast.engine import decoder as dmod
-
-    model = llama64
-    g = torch.Generator().manual_seed(1)
-    seq = torch.randint(0, 49152, (302,), generator=g).tolist()
-    dec = HFDecoder(model, initial_capacity=4)
-    a = dec.add_row()
-    shape = lambda: tuple(dec.store[0][0].shape)  # noqa: E731
-    assert shape()[0] == 4 and shape()[2] == 4
-    first = dec.step({a: seq[:300]})[a]
-    assert shape()[2] == 300  # what the step needs: max(300, 1.5 x 4, 4 + 256)
-    second = dec.step({a: seq[300:]})[a]
-    assert shape()[2] == 300 + dmod.GROW_COLUMNS  # max(302, 1.5 x 300, 300 + 256)
-    rows = [a] + [dec.add_row() for _ in range(4)]
-    assert shape()[0] == 8 and shape()[2] == 556  # slots: max(5, 1.5 x 4, 4 + 4)
-    with torch.no_grad():
-        want = decode.hidden_states(model, torch.tensor([seq]), decode.new_cache(model))[0]
-    torch.testing.assert_close(torch.cat([first, second]), want, rtol=0, atol=1e-12)
-    nxt = dec.step({r: [5] for r in rows})
-    with torch.no_grad():
-        want_a = decode.hidden_states(model, torch.tensor([seq + [5]]), decode.new_cache(model))[0][-1:]
-        want_new = decode.hidden_states(model, torch.tensor([[5]]), decode.new_cache(model))[0]
-    torch.testing.assert_close(nxt[a], want_a, rtol=0, atol=1e-12)
-    for r in rows[1:]:
-        torch.testing.assert_close(nxt[r], want_new, rtol=0, atol=1e-12)
 
 
 # -- seek_many == seek ---------------------------------------------------------------------------
@@ -310,10 +183,11 @@ def test_batched_latent_step_groups_by_adam_step(tokenizer, monkeypatch):
 @pytest.mark.parametrize("max_positions", [None, 16], ids=["default", "in-pieces"])
 def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer, monkeypatch, max_positions):
     """SelfReward's four verifier prompts of every due problem decode as engine rows; the
-    rewards equal those of SelfReward's own batched generation inside seek(). ``in-pieces``:
-    at most 16 positions per forward, so the prompts (and the 12 verifier prompts that are due
-    together) are fed in pieces."""
-    from latentseek_fast.engine import decoder as dmod
+    rewards equal those of seek() with each verifier reply decoded alone on the model's own
+    cache (not the slot store). ``in-pieces``: at most 16 positions per forward, so the prompts
+    (and the 12 verifier prompts that are due together) are fed in pieces."""
+    from latentseek_fast.decoding import batch
+    from latentseek_fast.decoding import slots as dmod
 
     if max_positions is not None:
         monkeypatch.setattr(dmod, "CPU_MAX_POSITIONS", max_positions)
@@ -335,7 +209,10 @@ def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer, monkeypatch, 
     monkeypatch.setattr(dmod.HFDecoder, "fork", fork_spy)
     sr = SelfReward(llama64, tokenizer, max_new_tokens=6)
     problems = QUESTIONS[:3]
-    want = oracle(llama64, tokenizer, problems, reward=sr, backend="reference", max_steps=2)
+    with monkeypatch.context() as m:
+        m.setattr(batch, "slot_support", lambda model: "the oracle decodes each reply alone")
+        want = oracle(llama64, tokenizer, problems, reward=sr, backend="reference", max_steps=2)
+    assert not forks and not sizes  # the oracle never touched the slot store
     got = lsf.seek_many(
         llama64, tokenizer, problems, sr, batch_size=3, backend="reference", **{**SETTINGS, "max_steps": 2}
     )
@@ -515,24 +392,6 @@ def test_seek_many_on_the_embedded_model(smol):
             assert k >= w.update_length, f"problem {i}: re-decoded latent token {k} differs"
 
 
-def test_decoder_rejects_sliding_window_layers():
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    cfg = Qwen2Config(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        use_sliding_window=True,
-        sliding_window=8,
-        max_window_layers=0,
-    )
-    with pytest.raises(ValueError, match="sliding_attention"):
-        HFDecoder(AutoModelForCausalLM.from_config(cfg))
-
-
 # -- drafts, reuse and the numeric guard in the engine ------------------------------------------
 
 # Raw prompts (no chat template) with different last tokens, so the chain model below starts
@@ -580,7 +439,7 @@ class DraftSpy:
     by rows with a pool (solver rows) and without (the engine's verifier rows)."""
 
     def __init__(self, monkeypatch):
-        from latentseek_fast import drafts
+        from latentseek_fast.decoding import drafts
 
         self.counts = {"stop_in_draft": 0, "accepted": 0, "rejected": 0, "verifier_accepted": 0}
         observe, extend = drafts.DraftRow.observe, drafts.DraftRow.extend

@@ -1,14 +1,13 @@
-"""Rewards: value validation, PSRM, self-reward verdicts and arithmetic, batched greedy generation."""
+"""Rewards: value validation, PSRM, self-reward verdicts and arithmetic (the verifiers' batched
+generation is tested in tests/decoding/test_batch.py)."""
 
-import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import DecisionGaps, assert_same_or_near_tie, make_tiny_model
 
-from latentseek_fast import decode, decode_batch
+from latentseek_fast.decoding import batch
 from latentseek_fast.rewards import PSRM, Reward, RewardError, SelfReward, as_reward
 from latentseek_fast.rewards.self_reward import VERDICT_MARKER, VERIFIERS, parse_verdict
 
@@ -157,7 +156,7 @@ def _scripted(monkeypatch, verdicts: dict[str, bool]):
         calls.append((list(prompts), max_new_tokens))
         return [[NAMES.index(next(n for n in NAMES if VERIFIERS[n][1] in p))] for p in prompts]
 
-    monkeypatch.setattr(decode_batch, "greedy_generate_batch", fake_generate)
+    monkeypatch.setattr(batch, "greedy_generate_batch", fake_generate)
     return FakeTokenizer(replies), calls
 
 
@@ -231,143 +230,6 @@ def test_self_reward_unbatched_runs_one_prompt_at_a_time(monkeypatch):
     assert reward.max_new_tokens == 4096
     with pytest.raises(ValueError, match="max_new_tokens"):
         SelfReward(None, tok, max_new_tokens=0)
-
-
-# ---------------------------------------------------------------------------- generation
-
-
-class CharTokenizer:
-    """A character-level tokenizer for a vocabulary of 128 (ids 3..127), eos = pad = 2."""
-
-    eos_token_id = pad_token_id = 2
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [3 + ord(c) % 125 for c in text]}
-
-    def get_vocab(self):
-        return {"<eos>": 2}
-
-
-PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog", "1 2 3", "xyz?"]
-
-
-@pytest.fixture(scope="module")
-def small():
-    return make_tiny_model(vocab_size=128, seed=3), CharTokenizer()
-
-
-def _full_recompute(model, tok, prompt, n, stops):
-    ids = torch.tensor([tok(prompt)["input_ids"]])
-    out = []
-    with torch.no_grad():
-        for _ in range(n):
-            t = int(model(ids).logits[0, -1].argmax())
-            out.append(t)
-            if t in stops:
-                break
-            ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
-    return out
-
-
-def test_batched_matches_sequential_and_full_recompute(small):
-    model, tok = small
-    stops = decode_batch.stop_token_ids(tok, model)
-    with DecisionGaps(model) as gaps:
-        batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 12)
-    gaps.assert_clear()  # so batch, single and full recompute must pick the same tokens
-    sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 12)[0] for p in PROMPTS]
-    assert batched == sequential
-    assert batched == [_full_recompute(model, tok, p, 12, stops) for p in PROMPTS]
-
-
-def test_finished_rows_leave_the_batch(small, monkeypatch):
-    model, tok = small
-    monkeypatch.setattr(decode_batch, "stop_token_ids", lambda tokenizer, model=None: set())
-    free = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
-    # stop tokens that end rows at different steps
-    stop = {free[0][2], free[3][6]}
-    monkeypatch.setattr(decode_batch, "stop_token_ids", lambda tokenizer, model=None: stop)
-    batch_sizes = []
-    handle = model.register_forward_pre_hook(
-        lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
-    )
-    try:
-        with DecisionGaps(model) as gaps:
-            batched = decode_batch.greedy_generate_batch(model, tok, PROMPTS, 16)
-    finally:
-        handle.remove()
-    gaps.assert_clear()
-    sequential = [decode_batch.greedy_generate_batch(model, tok, [p], 16)[0] for p in PROMPTS]
-    assert batched == sequential
-    lengths = [len(r) for r in batched]
-    assert len(set(lengths)) > 1 and min(lengths) < 16  # rows did stop at different points
-    for row in batched:
-        assert (row[-1] in stop) or len(row) == 16
-        assert not any(t in stop for t in row[:-1])
-    assert batch_sizes[0] == len(PROMPTS) and batch_sizes == sorted(batch_sizes, reverse=True)
-    assert batch_sizes[-1] < len(PROMPTS)
-
-
-class PastKeyValuesModel(torch.nn.Module):
-    """A model whose forward only knows the pre-5.2x ``past_key_values=`` keyword."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.config = inner.config
-        self.generation_config = inner.generation_config
-
-    def forward(
-        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None
-    ):
-        return self.inner(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-
-
-def test_both_cache_keywords(small):
-    model, tok = small
-    old = PastKeyValuesModel(model)
-    assert decode.cache_keyword(model) == "cache" and decode.cache_keyword(old) == "past_key_values"
-    new_keyword = "cache" in decode.forward_params(type(model))
-    with pytest.warns(FutureWarning) if new_keyword else contextlib.nullcontext():
-        via_old = decode_batch.greedy_generate_batch(old, tok, PROMPTS[:3], 6)
-    assert via_old == decode_batch.greedy_generate_batch(model, tok, PROMPTS[:3], 6)
-
-
-def test_generation_argument_checks(small):
-    model, tok = small
-    assert decode_batch.greedy_generate_batch(model, tok, [], 5) == []
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        decode_batch.greedy_generate_batch(model, tok, ["a"], 0)
-    with pytest.raises(TypeError, match="list"):
-        decode_batch.greedy_generate_batch(model, tok, "a", 3)
-    with pytest.raises(ValueError, match=r"prompts\[1\]"):
-        decode_batch.greedy_generate_batch(model, tok, ["a", ""], 3)
-    assert [len(r) for r in decode_batch.greedy_generate_batch(model, tok, ["ab"], 1)] == [1]
-
-
-@pytest.mark.slow
-def test_real_model_batched_matches_sequential(smol):
-    from latentseek_fast.prompts import build_prompt
-
-    model, tok = smol
-    prompts = [
-        build_prompt(tok, q)
-        for q in (
-            "Add 7 and 8.",
-            "Tom has 3 apples and buys 4 more apples. How many apples does he have now?",
-        )
-    ]
-    batched = decode_batch.greedy_generate_batch(model, tok, prompts, 4)
-    for p, row in zip(prompts, batched):
-        single = decode_batch.greedy_generate_batch(model, tok, [p], 4)[0]
-        assert_same_or_near_tie(model, tok(p).input_ids, single, row, what="batched row")
-    assert tok.convert_tokens_to_ids("<|im_end|>") in decode_batch.stop_token_ids(tok, model)
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import AdamGradients, DecisionGaps, LatentDecisions, assert_same_or_near_tie, make_tiny_model
 
-from latentseek_fast import SeekConfig, decode, seek
+from latentseek_fast import SeekConfig, seek
+from latentseek_fast.decoding.model import lm_head_of
+from latentseek_fast.decoding.stops import answer_stop_ids
 from latentseek_fast.prompts import build_prompt
 from latentseek_fast.rewards import RewardError
 
@@ -109,16 +111,17 @@ def test_fused_backends_match_reference_on_tiny_model(tiny, backend):
 
 
 class HeadInputs:
-    """Records the 2-D inputs of ``model.lm_head``: the latents the reference stepper scores
-    (plain decoding calls the head on one 1-D latent, so it is not recorded; drafted decoding
-    scores 2-D blocks, so the seeks that use this recorder run with ``draft_tokens=0``)."""
+    """Records the inputs of ``model.lm_head`` of more than one row: the latents the reference
+    stepper scores (a plain decode step of one row scores one latent, ``[1, d]``, so it is not
+    recorded; drafted decoding scores larger blocks, so the seeks that use this recorder run
+    with ``draft_tokens=0``)."""
 
     def __init__(self, model):
         self.seen = []
         self.handle = model.lm_head.register_forward_pre_hook(self._record)
 
     def _record(self, module, args):
-        if args[0].dim() == 2:
+        if args[0].dim() == 2 and args[0].shape[0] > 1:
             self.seen.append(args[0].detach().clone())
 
     def __enter__(self):
@@ -243,7 +246,7 @@ def test_seek_on_the_embedded_model(smol):
     with AdamGradients() as grads, LatentDecisions(model) as latent:
         ref = seek(model, tok, question, Scripted(-1.0), backend="reference", **kw)
     assert ref.iterations == 2
-    stop = decode.stop_ids(tok)  # it ends at its first stop token, or at the 24-token cap
+    stop = answer_stop_ids(tok)  # it ends at its first stop token, or at the 24-token cap
     assert not any(t in stop for t in ref.original_ids[:-1])
     assert ref.original_ids[-1] in stop or ref.original_length == 24
     prompt = tok(build_prompt(tok, question), return_tensors="pt").input_ids[0].tolist()
@@ -262,7 +265,7 @@ def test_seek_on_the_embedded_model(smol):
             assert_same_or_near_tie(
                 model, prompt, ref.answer_ids, fast.answer_ids, redecoded=redecoded, what=backend
             )
-    assert decode.lm_head_of(model) is model.lm_head
+    assert lm_head_of(model) is model.lm_head
 
 
 def test_sample_mode_is_reproducible_and_backend_independent(tiny):

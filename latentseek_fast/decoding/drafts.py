@@ -1,4 +1,4 @@
-"""Draft-verified greedy decoding: copy tokens from text the problem already has, verify them in one forward.
+"""Drafts for greedy decoding: tokens copied from text the problem already has, verified in one forward.
 
 A continuation of LatentSeek often repeats text that the prompt or an earlier answer of the same
 problem already holds (a repetition loop repeats its own text). So, before each forward, a row
@@ -11,25 +11,25 @@ rejected positions are cropped from the KV cache. The tokens, and the post-final
 each, are those of plain greedy decoding in exact arithmetic (in floating point the latents differ
 by the blocking of a many-token forward, ~1e-6 relative in fp32).
 
-The pieces, usable apart (a batched scheduler keeps one ``DraftRow`` per decoding row):
+The pieces, usable apart:
 
 - ``DraftPool``: the n-gram index over a problem's documents (prompt, earlier answers), each
   n-gram mapped to the latest place it was followed by a token.
 - ``DraftRow``: one decoding row: its context, an index of its own new text (which takes
   precedence over the pool, being the latest), ``propose(k)`` and the back-off state (``observe``).
-- ``greedy_continue_drafted``: ``decode.greedy_continue`` with drafts; ``decode.greedy_continue``
-  calls it when given ``drafts=row``.
+- ``best_width``: how many drafts a forward feeds under the ``"cost"`` policy.
+
+The forward that verifies the drafts, and the acceptance, are ``rows.advance``'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 
 import torch
 
-from ._util import check_int
-from .config import DRAFT_POLICIES
+from .._util import check_choice, check_int
+from ..config import DRAFT_POLICIES
 
 # Longest n-gram matched. The issue's simulation (GSM8K test 10-13, 3 iterations, drafts from the
 # latest match of the context's last 1-4 tokens) accepted 3.4 tokens per forward.
@@ -150,7 +150,7 @@ class DraftRow:
     context itself when ``index_context`` (for a row whose context is not in the pool). Matches in
     the row's own text come first (they are the latest), then the pool's. ``k`` is the most tokens
     a ``propose()`` drafts; 0 turns drafting off. ``policy`` (``DRAFT_POLICIES``): how many of them
-    ``greedy_continue_drafted`` feeds.
+    a forward feeds (``rows.advance``).
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class DraftRow:
         check_int("k", k, low=0, note="0 turns drafting off")
         self.pool = pool
         self.k = k
-        self.policy = check_policy(policy)
+        self.policy = check_choice("draft_policy", policy, DRAFT_POLICIES)
         self.max_n = pool.max_n if pool is not None else MAX_NGRAM
         self.tokens: list[int] = []
         self._own: dict[tuple[int, ...], int] = {}
@@ -243,119 +243,3 @@ class DraftRow:
             return
         self.misses += 1
         self.paused = min(BACKOFF_FIRST << (self.misses - 1), BACKOFF_MAX)
-
-
-def check_policy(policy: str) -> str:
-    if policy not in DRAFT_POLICIES:
-        raise ValueError(f"draft_policy={policy!r}: allowed values are {DRAFT_POLICIES}")
-    return policy
-
-
-@dataclass
-class DecodeStats:
-    """Counts over a problem's decoding: tokens produced, forwards run, drafts fed and accepted.
-
-    ``forwards`` counts the decoder's forwards after the prefill that yields the first token, so
-    plain greedy decoding of n tokens takes n - 1 forwards. ``reused``: iterations that reused an
-    earlier iteration's continuation instead of decoding it (see ``loop.seek_loop``).
-    """
-
-    tokens: int = 0
-    forwards: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    reused: int = 0
-
-    def add(self, gen) -> None:
-        """Add a ``decode.Generation``'s counts."""
-        self.tokens += len(gen.ids)
-        self.forwards += gen.forwards
-        self.drafted += gen.drafted
-        self.accepted += gen.accepted
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@torch.no_grad()
-def greedy_continue_drafted(
-    model,
-    cache,
-    last_hidden: torch.Tensor,
-    *,
-    stop: frozenset[int],
-    max_tokens: int,
-    row: DraftRow,
-    keep_latents: bool = True,
-    on_token=None,
-):
-    """``decode.greedy_continue`` with drafts from ``row`` (whose tokens end where ``cache`` does).
-
-    Each forward feeds the last chosen token plus ``row.propose()`` drafts; greedy's choice at
-    every fed position is computed in one head call and read back in one host sync, which the
-    stop test needs anyway. A stop token or the ``max_tokens``-th token inside the accepted run
-    ends the generation exactly where plain greedy decoding ends it, and the cache then holds
-    every position before the last produced token, as after plain decoding. ``row.policy``:
-    ``"full"`` feeds every proposed draft, ``"cost"`` cuts them by ``best_width``.
-    """
-    from .decode import Generation, hidden_states, lm_head_of
-
-    check_int("max_tokens", max_tokens)
-    head = lm_head_of(model)
-    device = last_hidden.device
-    fixed = forward_positions(device)
-    ids: list[int] = []
-    lats: list[torch.Tensor] = []
-    forwards = drafted = accepted = 0
-
-    tok = int(torch.argmax(head(last_hidden)).item())
-    ids.append(tok)
-    if on_token is not None:
-        on_token(tok)
-    if keep_latents:
-        lats.append(last_hidden.view(1, -1))
-    stopped = "stop" if tok in stop else "length"
-    row.extend((tok,))
-    while stopped == "length" and len(ids) < max_tokens:
-        drafts = row.propose(max_tokens - len(ids) - 1)
-        if drafts and row.policy == "cost":
-            w = best_width([(len(drafts), row.acceptance)], producing=1, slots=1, fixed=fixed)
-            drafts = drafts[: w - 1]
-        m = len(drafts)
-        x = torch.tensor([[tok, *drafts]], dtype=torch.long, device=device)
-        states = hidden_states(model, x, cache)[0]  # [1 + m, d]; states[j] predicts the token after x[j]
-        greedy = torch.argmax(head(states), dim=-1).tolist()  # the one host sync of this forward
-        forwards += 1
-        a = 0
-        while a < m and greedy[a] == drafts[a]:
-            a += 1
-        drafted += m
-        accepted += a
-        row.observe(m, a)
-        emitted = 0
-        for t in greedy[: a + 1]:
-            ids.append(t)
-            emitted += 1
-            if on_token is not None:
-                on_token(t)
-            if t in stop:
-                stopped = "stop"
-                break
-            if len(ids) >= max_tokens:
-                break
-        if keep_latents:
-            lats.append(states[:emitted])
-        # Keep the fed positions before the last emitted token: x[0 .. emitted-1].
-        if 1 + m > emitted:
-            cache.crop(emitted - (1 + m))
-        row.extend(greedy[:emitted])
-        tok = ids[-1]
-    latents = torch.cat(lats) if lats else torch.empty(0, head.weight.shape[1], device=device)
-    return Generation(
-        ids=ids,
-        latents=latents,
-        stopped_by=stopped,
-        forwards=forwards,
-        drafted=drafted,
-        accepted=accepted,
-    )

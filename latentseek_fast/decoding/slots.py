@@ -1,19 +1,6 @@
-"""The engine's decoder: many rows (token streams) advanced together, one forward per step.
-
-``Decoder`` is the small interface the scheduler talks to; ``HFDecoder`` implements it for a
-Hugging Face causal LM, so another backend (a serving engine, a paged cache) can be added
-without touching the scheduler:
-
-- ``add_row()``: a new, empty row (its own cache positions); ``drop_row(row)`` frees it;
-- ``step({row: tokens})``: feed each listed row any number (>= 1) of tokens in ONE forward and
-  return the post-final-norm latents of every fed position (a draft verifier can feed several
-  tokens per row and keep the prefix it accepts);
-- ``rollback(row, length)``: forget every cached position of ``row`` after the first ``length``,
-  leaving the other rows untouched;
-- ``length(row)``: how many positions ``row`` has cached;
-- ``fork(row, source, length)``: make ``row``'s cache the first ``length`` positions of
-  ``source``'s (prompts that share a prefix, like the four verifier prompts of one answer, pay
-  for it once).
+"""``HFDecoder``: many rows (token streams) of a Hugging Face causal LM in one padded KV store,
+advanced together, one forward per step (``decoder.Decoder`` is the interface); and
+``slot_support(model)``: whether the store can serve a model, else why not.
 
 How ``HFDecoder`` keeps the rows apart. Each row owns one slot of a shared KV store
 ``[slots, kv_heads, capacity, head_dim]`` per layer and a length ``n_b``. A step feeds a padded
@@ -44,8 +31,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .. import decode
 from .._util import check_int
+from .decoder import LONG_FEED, Decoder
+from .model import cache_keyword, lm_head_of
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -66,33 +54,6 @@ GPU_MAX_POSITIONS = 8192
 # most a third of it is unused (doubling: half).
 GROWTH = 1.5
 GROW_COLUMNS = 256
-
-
-class Decoder:
-    """The interface the scheduler uses (see the module docstring)."""
-
-    def add_row(self) -> int:
-        raise NotImplementedError
-
-    def drop_row(self, row: int) -> None:
-        raise NotImplementedError
-
-    def length(self, row: int) -> int:
-        raise NotImplementedError
-
-    def rollback(self, row: int, length: int) -> None:
-        raise NotImplementedError
-
-    def fork(self, row: int, source: int, length: int) -> None:
-        raise NotImplementedError
-
-    def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
-        raise NotImplementedError
-
-    def step_rows(self) -> int:
-        """How many rows a step computes whatever it is fed (padding included): a step whose widest
-        feed is ``w`` costs about ``step_rows() * w`` fed positions plus the weights' read."""
-        raise NotImplementedError
 
 
 class _SlotKV:
@@ -123,45 +84,74 @@ class _SlotKV:
         )
 
 
+def _attn_implementation(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def slot_support(model) -> str | None:
+    """None when ``HFDecoder`` can serve ``model``, else the reason it cannot.
+
+    The store passes its own 4-D mask of full causal attention, so the model must take an
+    explicit mask (attention implementation ``sdpa`` or ``eager``) and attend to every earlier
+    position in every layer: no sliding-window layers (``layer_types``, or a Mistral-style
+    ``sliding_window`` without ``layer_types``), no linear-attention layers. A model refused here
+    runs on ``decoder.CacheDecoder``, one row at a time.
+    """
+    impl = _attn_implementation(model)
+    if impl not in ATTN_IMPLEMENTATIONS:
+        return (
+            f"attention implementation {impl!r}: the slot store passes an explicit 4-D mask and "
+            f"supports {ATTN_IMPLEMENTATIONS}; load the model with attn_implementation='sdpa'"
+        )
+    text_cfg = _text_config(model)
+    kinds = set(getattr(text_cfg, "layer_types", None) or ())
+    if kinds - {"full_attention"}:
+        return (
+            f"layer types {sorted(kinds)}: the slot store masks full causal attention only "
+            "(sliding-window or linear-attention layers would need their own masks)"
+        )
+    window = getattr(text_cfg, "sliding_window", None)
+    if not kinds and window is not None:
+        return (
+            f"sliding_window={window} ({type(text_cfg).__name__}): the slot store masks full causal "
+            "attention only"
+        )
+    return None
+
+
 class HFDecoder(Decoder):
     """``Decoder`` over a Hugging Face causal LM's backbone (``model.model``), which must return
-    post-final-norm hidden states (Llama, Qwen2/3, Mistral, Gemma)."""
+    post-final-norm hidden states (Llama, Qwen2/3, Mistral, Gemma) and pass ``slot_support``."""
 
     def __init__(
         self,
         model,
         *,
         initial_capacity: int = 256,
-        long_feed: int = 16,
+        long_feed: int = LONG_FEED,
         split_gain: float = 2.0,
         max_positions: int | None = None,
     ):
-        decode.lm_head_of(model)  # validates: a causal LM with a backbone
+        lm_head_of(model)  # validates: a causal LM with a backbone
         check_int("max_positions", max_positions, allow_none=True)
-        impl = getattr(model.config, "_attn_implementation", None) or "eager"
-        if impl not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"model attention implementation {impl!r}: the engine's decoder passes an explicit "
-                f"4-D mask and supports {ATTN_IMPLEMENTATIONS}; load the model with "
-                "attn_implementation='sdpa'"
-            )
+        why = slot_support(model)
+        if why is not None:
+            raise ValueError(f"model {type(model).__name__}: {why}")
         self.model = model
         self.backbone = model.model
-        self.kw = decode.cache_keyword(self.backbone)
-        self.eager = impl == "eager"
-        cfg = model.config
-        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.kw = cache_keyword(self.backbone)
+        self.eager = _attn_implementation(model) == "eager"
+        text_cfg = _text_config(model)
         self.n_layers = text_cfg.num_hidden_layers
         self.kv_heads = getattr(text_cfg, "num_key_value_heads", None) or text_cfg.num_attention_heads
         self.head_dim = (
             getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
         )
-        kinds = set(getattr(text_cfg, "layer_types", None) or ())
-        if kinds - {"full_attention"}:
-            raise ValueError(
-                f"model layer types {sorted(kinds)}: the engine's decoder masks full causal attention "
-                "only (sliding-window or linear-attention layers would need their own masks)"
-            )
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.capacity = max(1, int(initial_capacity))
@@ -173,7 +163,6 @@ class HFDecoder(Decoder):
         self.lengths: list[int] = []  # per slot
         self.used: list[bool] = []  # per slot
         self.forwards = 0  # forwards run (for benchmarks)
-        self.fed_tokens = 0
 
     # -- rows --------------------------------------------------------------------------------
     def add_row(self) -> int:
@@ -276,8 +265,10 @@ class HFDecoder(Decoder):
         re-decoded tokens) and padding every row to them would compute more than twice the
         positions, the long feeds run as a second forward over their own slots only (their
         cached columns gathered), so a prompt admitted into a full batch costs its own length,
-        not ``rows x`` its length. (``split_gain``: how many times fewer positions the split
-        must compute; 0 always splits, for tests.)
+        not ``rows x`` its length; so do long feeds with no short one beside them (the first
+        verifier prompt prefilled while the rows that fork it wait) when they are few of the
+        occupied slots. (``split_gain``: how many times fewer positions the split must compute;
+        0 always splits, for tests.)
         """
         if not feeds:
             return {}
@@ -289,10 +280,10 @@ class HFDecoder(Decoder):
         width = max(len(t) for t in feeds.values())
         long = {r: t for r, t in feeds.items() if len(t) > self.long_feed}
         short = {r: t for r, t in feeds.items() if len(t) <= self.long_feed}
-        if long and short:
-            short_w = max(len(t) for t in short.values())
+        if long:
+            short_w = max((len(t) for t in short.values()), default=0)
             if (n * short_w + len(long) * width) * self.split_gain < n * width:
-                out = self._chunked(list(range(n)), short)
+                out = self._chunked(list(range(n)), short) if short else {}
                 out.update(self._chunked(sorted(long), long))
                 return out
         return self._chunked(list(range(n)), feeds)
@@ -344,6 +335,5 @@ class HFDecoder(Decoder):
         for row, toks in feeds.items():
             k = len(toks)
             self.lengths[row] += k
-            self.fed_tokens += k
             result[row] = out[index[row], :k]
         return result
