@@ -112,9 +112,9 @@ INSTALL_REQUIRES = [
     "torch>=2.13",  # the only CPU build this project's machines can install; older is untested
     "transformers>=5.0",  # 5.x cache API (docs/notes.md)
     "tqdm>=4.66",
-    "gguf>=0.11",  # transformers needs 0.10; 0.10.0 imports sentencepiece without declaring it
-    "accelerate>=1.1",
-    "math-verify>=0.7",
+    "gguf>=0.16",  # the first whose reader runs on numpy 2 (earlier: ndarray.newbyteorder)
+    "accelerate>=1.2",  # transformers 5.0 imports accelerate's get_module_size_with_ties
+    "math-verify>=0.8",  # 0.7 fails the suite's judge test outside the main thread
     "pyarrow>=16",  # the first release built for numpy 2
     "triton>=3.6; platform_system == 'Linux'",  # the GPU image's version
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -97,9 +98,13 @@ def test_wheel_installs_the_kernels_as_latentseek_fast_kernels(tmp_path):
     wheels = tmp_path / "wheels"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["LATENTSEEK_NO_EXT"] = "1"  # the native op has its own tests; the layout is what is checked
+    # pip builds a local folder in place (build/, *.egg-info): build a copy, never the checkout.
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so")
+    shutil.copytree(ROOT, src, ignore=junk)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(wheels), str(ROOT)],
+         "--no-index", "-w", str(wheels), str(src)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
