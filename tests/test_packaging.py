@@ -100,7 +100,9 @@ def test_wheel_installs_the_kernels_as_latentseek_fast_kernels(tmp_path):
     env["LATENTSEEK_NO_EXT"] = "1"  # the native op has its own tests; the layout is what is checked
     # pip builds a local folder in place (build/, *.egg-info): build a copy, never the checkout.
     src = tmp_path / "src"
-    junk = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so")
+    junk = shutil.ignore_patterns(
+        ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so"
+    )
     shutil.copytree(ROOT, src, ignore=junk)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
