@@ -140,6 +140,11 @@ def _preflight(args) -> None:
 
 
 def _check_out_dir(out: str) -> None:
+    if os.path.isdir(out):
+        raise CLIError(
+            f"--out {out}: a directory; expected a results file path, "
+            f"e.g. {os.path.join(out, 'results.jsonl')}"
+        )
     d = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(d):
         raise CLIError(f"--out {out}: the directory {d} does not exist")

@@ -95,7 +95,7 @@ def _read_parquet(path: Path) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM (Windows tools write one) is skipped
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -130,7 +130,7 @@ def _rows_from_json_value(value, path: Path) -> list[dict]:
 
 
 def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a leading BOM is skipped
     try:
         value = json.loads(text)
     except json.JSONDecodeError:

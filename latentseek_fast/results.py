@@ -14,7 +14,8 @@ What the module guarantees:
   at any bad line (blank, not UTF-8, not JSON, not a row); the only exception is a torn last
   line, the bytes after the last newline that a killed write leaves. A torn line that is still
   a whole row is kept (its newline is added); one that is the start of a row is dropped and that
-  problem is run again.
+  problem is run again. A UTF-8 byte-order mark that starts the file (Windows tools write one)
+  is skipped; one anywhere else is a bad line.
 - One writer per file. :class:`ResultsWriter` holds an exclusive ``fcntl.flock`` on the file
   itself for its lifetime; a second writer (another process, or another open in this one) gets
   a ``ResultsError`` at once. The file is never replaced, so every writer sees the same inode.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable
 
 try:
@@ -60,6 +62,7 @@ ROW_KEYS: dict[str, tuple[type, ...]] = {
 # How every row written here starts (``index`` is always its first key): a torn last line
 # must begin with (a prefix of) this to be recognised as an interrupted write of ours.
 _ROW_START = b'{"index": '
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 
 
 class ResultsError(ValueError):
@@ -97,7 +100,7 @@ def _parse(data: bytes, path: str) -> tuple[list[dict], int, bool]:
     ``rows[-1]`` (with the flag) when it is a whole row, ignored when it is the start of one.
     """
     rows: list[dict] = []
-    pos, lineno = 0, 0
+    pos, lineno = (len(_BOM) if data.startswith(_BOM) else 0), 0
     while True:
         nl = data.find(b"\n", pos)
         if nl < 0:
@@ -127,6 +130,11 @@ def _parse_line(line: bytes, path: str, lineno: int) -> dict:
         raise ResultsError(
             f"{where}: blank line; results files hold one JSON row per line; the file was left untouched"
         )
+    if line.startswith(_BOM):
+        raise ResultsError(
+            f"{where}: a UTF-8 byte-order mark starts this line; only the file's first line may have "
+            "one (were files with one joined, e.g. by cat?); the file was left untouched"
+        )
     try:
         row = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -135,6 +143,14 @@ def _parse_line(line: bytes, path: str, lineno: int) -> dict:
         return check_row(row, where)
     except ResultsError as exc:
         raise ResultsError(f"{exc}; the file was left untouched") from None
+
+
+def _not_a_directory(fd: int, path: str) -> None:
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        raise ResultsError(
+            f"{path}: a directory, not a results file (eval writes one JSONL file, e.g. "
+            f"{os.path.join(path, 'results.jsonl')})"
+        )
 
 
 def _read_fd(fd: int) -> bytes:
@@ -160,6 +176,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         return []
     try:
+        _not_a_directory(fd, path)
         return _parse(_read_fd(fd), path)[0]
     finally:
         os.close(fd)
@@ -222,9 +239,13 @@ class ResultsWriter:
         try:
             self._fd = os.open(self.path, flags, 0o644)
         except FileExistsError:
+            if os.path.isdir(self.path):
+                raise ResultsError(f"{self.path}: a directory, not a results file") from None
             raise ResultsError(
                 f"{self.path} exists: resume it (eval --resume) to continue it, or choose another file"
             ) from None
+        except IsADirectoryError:
+            raise ResultsError(f"{self.path}: a directory, not a results file") from None
         except OSError as exc:
             raise ResultsError(f"{self.path}: cannot open ({exc.strerror})") from None
         try:

@@ -108,6 +108,15 @@ def test_json_layouts(tmp_path, layout):
     _check_gsm(load_problems(path))
 
 
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.json"])
+def test_utf8_bom_is_read(tmp_path, name):
+    """Files written by common Windows tools start with a UTF-8 byte-order mark."""
+    text = json.dumps(GSM_ROWS) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in GSM_ROWS)
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    _check_gsm(load_problems(path))
+
+
 def test_parquet_aime(tmp_path):
     path = tmp_path / "aime_2024.parquet"
     pq.write_table(pa.Table.from_pylist(AIME_ROWS), str(path))

@@ -90,6 +90,41 @@ def test_torn_whole_row_is_kept(tmp_path):
     assert p.read_bytes() == data
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def test_leading_bom_is_read_and_kept(tmp_path):
+    """A file that a Windows tool saved starts with a UTF-8 BOM: read it, resume it, keep the BOM."""
+    p = tmp_path / "r.jsonl"
+    lines = _lines(_write(tmp_path / "x.jsonl", [0, 1]))
+    p.write_bytes(BOM + lines[0] + lines[1][:9])  # row 1 torn after its first bytes
+    assert R.read_results(p) == [_row(0)]
+    with R.ResultsWriter(p, resume=True) as w:
+        assert w.done == {0}
+        w.append(_row(1))
+    assert p.read_bytes() == BOM + lines[0] + lines[1]
+    p.write_bytes(BOM + lines[0][:5])  # only the start of the first row after the BOM
+    with R.ResultsWriter(p, resume=True) as w:
+        assert w.done == set()
+    assert p.read_bytes() == BOM
+
+
+def test_bom_elsewhere_and_directories_are_named(tmp_path):
+    p = tmp_path / "joined.jsonl"
+    lines = _lines(_write(tmp_path / "x.jsonl", [0, 1]))
+    p.write_bytes(BOM + lines[0] + BOM + lines[1])  # two BOM files joined by cat
+    with pytest.raises(R.ResultsError, match=r"joined.jsonl:2: a UTF-8 byte-order mark starts this line"):
+        R.read_results(p)
+    with pytest.raises(R.ResultsError, match=r"joined.jsonl:2: a UTF-8 byte-order mark"):
+        R.ResultsWriter(p, resume=True)
+    assert p.read_bytes() == BOM + lines[0] + BOM + lines[1]
+    with pytest.raises(R.ResultsError, match=f"{re.escape(str(tmp_path))}: a directory, not a results file"):
+        R.read_results(tmp_path)
+    for resume in (False, True):
+        with pytest.raises(R.ResultsError, match="a directory, not a results file"):
+            R.ResultsWriter(tmp_path, resume=resume)
+
+
 def test_summary_counts_each_problem_once():
     rows = [_row(0), _row(0, correct=False), _row(1), _row(1)]
     s = R.summarize(rows)
@@ -297,6 +332,23 @@ def test_eval_summary_counts_each_problem_once(tiny_model_dir, data_file, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["problems"] == 2
     assert out.read_bytes() == data
+
+
+def test_eval_resume_reads_a_bom_file(tiny_model_dir, data_file, tmp_path):
+    """Every selected problem is in the file already: the rows are read, no model is loaded."""
+    out = tmp_path / "r.jsonl"
+    data = BOM + b"".join(_lines(_write(tmp_path / "x.jsonl", [0, 1])))
+    out.write_bytes(data)
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "2", "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["problems"] == 2
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_eval_out_is_a_directory(tiny_model_dir, data_file, tmp_path, resume):
+    proc = _eval(tiny_model_dir, data_file, tmp_path, "--limit", "1", *resume)
+    _one_line_error(proc, f"--out {tmp_path}: a directory", os.path.join(str(tmp_path), "results.jsonl"))
 
 
 def _holds_flock(pid: int, path) -> bool:
