@@ -10,13 +10,27 @@ import re
 import sys
 import time
 
-from .backends import BACKENDS, MODES
+from .backends import BACKENDS, MODES, interpreter_refusal, triton_unavailable_reason
 from .config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
+from .data import DATASETS
 from .dist import record, record_error
 
 
 class CLIError(Exception):
     """A user error reported as one line and exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, reported as one line (``interrupted: ...``) and exit status 130 (128 + SIGINT)."""
+
+
+# How data-loading errors name the options when eval loads --data (data.OPTION_NAMES).
+DATA_FLAGS = {
+    "dataset": "--dataset",
+    "question_field": "--question-field",
+    "answer_field": "--answer-field",
+    "split": "--split",
+}
 
 
 def _add_seek_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +119,17 @@ def _check_model(name: str | None) -> None:
         raise CLIError(f"--model {name}: a file; expected a .gguf file or a Hugging Face model directory")
     elif name.startswith(("/", ".", "~")) or os.sep in name.strip(os.sep) and not _HUB_NAME.fullmatch(name):
         raise CLIError(f"--model {name}: no such directory")
-    # Otherwise a Hub name ("org/model"): only loading can tell (see _load).
+    else:  # a Hub name ("org/model"): offline and not cached, it cannot load (else only loading tells)
+        from .models import hub_unavailable_reason
+
+        why = hub_unavailable_reason(name)
+        if why is not None:
+            raise CLIError(f"--model {name}: cannot load it: {why}")
+
+
+def _check_dataset(args) -> None:
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise CLIError(f"--dataset {args.dataset}: allowed values are {', '.join(DATASETS)}")
 
 
 def _preflight(args) -> None:
@@ -118,6 +142,7 @@ def _preflight(args) -> None:
         raise CLIError(f"--threads {args.threads}: expected an integer >= 1")
     if args.verifier_tokens is not None and args.verifier_tokens < 1:
         raise CLIError(f"--verifier-tokens {args.verifier_tokens}: expected an integer >= 1")
+    _check_dataset(args)
     parse_dtype(args.dtype)
     if args.device is not None:
         try:
@@ -137,6 +162,34 @@ def _preflight(args) -> None:
                     f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) visible"
                 )
     _check_model(args.model)
+
+
+def _default_device(args) -> str:
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_interpreter(args, device: str, shape: tuple[int, int] | None) -> None:
+    """``--backend triton`` under Triton's interpreter on a large LM head: refused (one line)."""
+    why = None if shape is None else interpreter_refusal(device, shape, args.max_steps)
+    if why is not None:
+        raise CLIError(f"--backend triton: {why}")
+
+
+def _check_backend(args) -> None:
+    """``--backend triton`` before the model loads: it must be able to run on the device, and the
+    interpreter is refused on a large head when the model's shape is known without loading it
+    (``models.head_shape``; otherwise ``_load`` checks right after loading, before decoding)."""
+    if args.backend != "triton":
+        return
+    from .models import head_shape
+
+    device = _default_device(args)
+    why = triton_unavailable_reason(device)
+    if why is not None:
+        raise CLIError(f"--backend triton: cannot run: {why}; use --backend torch or auto")
+    _check_interpreter(args, device, head_shape(args.model))
 
 
 def _check_out_dir(out: str) -> None:
@@ -185,17 +238,26 @@ def _cli_threads(args, device: str) -> int | None:
 def _load(args):
     import torch
 
+    from .decode import lm_head_of
     from .models import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _default_device(args)
     threads = _cli_threads(args, device)
     if threads:
         torch.set_num_threads(threads)
     try:
-        return load_model(args.model, dtype=args.dtype, device=device)
+        model, tok = load_model(args.model, dtype=args.dtype, device=device)
     except OSError as exc:  # e.g. a Hub name that is not reachable or not a model
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"--model {args.model}: cannot load it ({first})") from None
+    if args.backend == "triton":  # the head's shape is known now; nothing is decoded yet
+        _check_interpreter(args, device, tuple(lm_head_of(model).weight.shape))
+    return model, tok
+
+
+def _reward_name(args, problem) -> str:
+    """The reward a problem is scored with: ``--reward``, else PSRM when its gold is known, else self."""
+    return args.reward or ("psrm" if problem.gold is not None else "self")
 
 
 def _reward(args, model, tokenizer, problem):
@@ -249,22 +311,46 @@ class _RunProgress:
             out.flush()
 
 
-def cmd_run(args) -> int:
+def _run_problem(args):
+    """``run``'s problem: ``--problem`` (with ``--gold``), else demo problem ``--demo``.
+
+    ``--gold`` belongs to ``--problem``: with a demo problem it is an error, not ignored (the
+    demo keeps its own ground truth). ``--reward psrm`` needs a gold answer. All before loading.
+    """
     from .data import Problem
     from .demo import demo_problems
-    from .loop import seek
 
+    if args.gold is not None and not args.gold.strip():
+        raise CLIError(f"--gold {args.gold!r}: expected a non-empty answer")
     if args.problem is not None:
-        problem = Problem(
+        if not args.problem.strip():
+            raise CLIError(f"--problem {args.problem!r}: expected the text of a question")
+        if args.reward == "psrm" and args.gold is None:
+            raise CLIError(
+                "--reward psrm needs the ground truth of --problem: pass --gold, or use --reward self"
+            )
+        return Problem(
             id="cli", question=args.problem, gold=args.gold, dataset=args.dataset or "gsm8k", meta={}
         )
-    else:
-        demos = demo_problems()
-        if not 0 <= args.demo < len(demos):
-            raise CLIError(f"--demo {args.demo}: allowed 0..{len(demos) - 1}")
-        problem = demos[args.demo]
+    demos = demo_problems()
+    if not 0 <= args.demo < len(demos):
+        raise CLIError(f"--demo {args.demo}: allowed 0..{len(demos) - 1}")
+    problem = demos[args.demo]
+    if args.gold is not None:
+        raise CLIError(
+            f"--gold {args.gold}: it is the ground truth of --problem, which is not given; demo "
+            f"problem {args.demo} has its own ({problem.gold}): pass --problem too, or drop --gold"
+        )
+    return problem
+
+
+def cmd_run(args) -> int:
+    from .loop import seek
+
+    problem = _run_problem(args)
     _preflight(args)
     config = _config(args)
+    _check_backend(args)
     model, tok = _load(args)
     reward = _reward(args, model, tok, problem)
     if not args.json:
@@ -292,6 +378,7 @@ def cmd_run(args) -> int:
             "pred": pred,
             "original_correct": orig_ok,
             "correct": ok,
+            "reward": _reward_name(args, problem),
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -320,10 +407,10 @@ def _check_rows_match(rows: list[dict], problems, out: str) -> None:
             )
 
 
-def _eval_row(i: int, p, res, style: str) -> dict:
+def _eval_row(i: int, p, res, style: str, reward: str) -> dict:
     """The results row of problem ``i``: answers, every iteration's prediction and correctness
-    (``iter_preds``/``iter_correct``, aligned with ``rewards``; what ``report`` plots), lengths,
-    timings."""
+    (``iter_preds``/``iter_correct``, aligned with ``rewards``; what ``report`` plots), the
+    ``reward`` it was scored with (``psrm`` or ``self``), lengths, timings."""
     judged = [_judge(p, text, style) for text in res.texts]
     return {
         "index": i,
@@ -339,6 +426,7 @@ def _eval_row(i: int, p, res, style: str) -> dict:
         "correct": judged[-1][1],
         "iter_preds": [pred for pred, _ in judged],
         "iter_correct": [ok for _, ok in judged],
+        "reward": reward,
         "rewards": res.rewards,
         "iterations": res.iterations,
         "stopped": res.stopped,
@@ -400,12 +488,55 @@ def _check_rows_match_files(out: str, problems) -> None:
         _check_rows_match(read_results(path), problems, path)
 
 
+def _name_rows(problems, indices: list[int], data: str, most: int = 5) -> str:
+    """``rows 3 (id 'a'), 7 (id 'b') and 2 more of FILE``: which rows of ``data`` are meant."""
+    named = ", ".join(f"{i} (id {problems[i].id!r})" for i in indices[:most])
+    more = f" and {len(indices) - most} more" if len(indices) > most else ""
+    return f"row{'s' if len(indices) > 1 else ''} {named}{more} of {data}"
+
+
+def _check_gold(args, problems, selected: list[int]) -> None:
+    """Selected problems without a gold answer (null or blank): an error under ``--reward psrm``
+    naming them; under the default reward a note on stderr, since they are scored with
+    self-reward while the others get PSRM (their rows say ``"reward": "self"``)."""
+    missing = [i for i in selected if problems[i].gold is None]
+    if not missing or args.reward == "self":
+        return
+    rows = _name_rows(problems, missing, args.data)
+    if args.reward == "psrm":
+        raise CLIError(
+            f"--reward psrm: {rows} {'have' if len(missing) > 1 else 'has'} no gold answer (null or "
+            f"blank); fix the data, choose another --answer-field, or leave out --reward to score "
+            f"{'them' if len(missing) > 1 else 'it'} with self-reward"
+        )
+    others = len(selected) - len(missing)
+    print(
+        f"note: {rows} {'have' if len(missing) > 1 else 'has'} no gold answer: scored with self-reward"
+        + (f" (the other {others} with PSRM)" if others else ""),
+        file=sys.stderr,
+    )
+
+
+def _interrupted(path: str) -> str:
+    """``eval``'s line after Ctrl-C: how many rows ``path`` holds and how to finish."""
+    from .results import ResultsError, read_results
+
+    if not os.path.exists(path):
+        return f"no rows were written (no {path} is left behind); run the same command again"
+    try:
+        n = len(read_results(path))
+    except (ResultsError, OSError):
+        return f"rows are in {path}; run the same command with --resume to finish"
+    return f"{n} row{'' if n == 1 else 's'} written to {path}; run the same command with --resume to finish"
+
+
 def cmd_eval(args) -> int:
     """Seek every selected problem; rows are written as problems finish (in any order).
 
     Runs on ``iter_seek`` (``--batch-size`` seeks in flight; 1 runs ``seek`` one problem at a
     time, which also drafts continuations). Under torchrun each rank runs its shard of the
-    problems into its own file and rank 0 merges them (``dist.sharded_results``).
+    problems into its own file and rank 0 merges them (``dist.sharded_results``). Ctrl-C ends
+    with one line saying how many rows the file holds (``Interrupted``).
     """
     from .data import load_problems
     from .dist import sharded_results
@@ -413,26 +544,55 @@ def cmd_eval(args) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size {args.batch_size}: expected an integer >= 1")
-    if args.start < 0 or (args.limit is not None and args.limit < 0):
-        raise CLIError(f"--start {args.start} / --limit {args.limit}: expected >= 0")
+    if args.start < 0:
+        raise CLIError(f"--start {args.start}: expected an integer >= 0")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit {args.limit}: expected an integer >= 1")
     _check_out_dir(args.out)
-    problems = load_problems(args.data, dataset=args.dataset)
+    _check_dataset(args)
+    problems = load_problems(
+        args.data,
+        dataset=args.dataset,
+        question_field=args.question_field,
+        answer_field=args.answer_field,
+        split=args.split,
+        option_names=DATA_FLAGS,
+    )
+    if args.start >= len(problems):
+        raise CLIError(
+            f"--start {args.start}: {args.data} has {len(problems)} rows, so --start must be "
+            f"0..{len(problems) - 1}"
+        )
     stop = len(problems) if args.limit is None else min(len(problems), args.start + args.limit)
+    selected = list(range(args.start, stop))
+    _check_gold(args, problems, selected)
     if args.resume:
         _check_rows_match_files(args.out, problems)
     _preflight(args)
     config = _config(args)
-    selected = list(range(args.start, stop))
-    with sharded_results(
-        args.out, selected, resume=args.resume, device=args.device, threads=args.threads
-    ) as run:
-        if run.todo:
-            args.device = run.device
-            model, tok = _load(args)
-            _eval_problems(args, config, model, tok, [problems[i] for i in run.todo], run)
+    _check_backend(args)
+    run = None
+    try:
+        with sharded_results(
+            args.out, selected, resume=args.resume, device=args.device, threads=args.threads
+        ) as run:
+            if run.todo:
+                args.device = run.device
+                model, tok = _load(args)
+                _eval_problems(args, config, model, tok, [problems[i] for i in run.todo], run)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(run.path if run is not None else args.out)) from None
     if run.env.is_main:
         summary = summarize(run.rows, selected)
         print(format_summary(summary))
+        chosen = set(selected)
+        no_gold = len({r["index"] for r in run.rows if r["index"] in chosen and r.get("gold") is None})
+        if no_gold:
+            summary["no_gold"] = no_gold
+            print(
+                f"{no_gold} of {summary['problems']} problems had no gold answer: scored with "
+                "self-reward, and counted as wrong in both accuracies"
+            )
         if args.json:
             print(json.dumps(summary))
     return 0
@@ -452,7 +612,7 @@ def _eval_problems(args, config, model, tok, batch, run) -> None:
         stream = iter_seek(model, tok, batch, rewards, config, batch_size=args.batch_size, **common)
     try:
         for j, res in stream:
-            row = _eval_row(run.todo[j], batch[j], res, args.prompt)
+            row = _eval_row(run.todo[j], batch[j], res, args.prompt, _reward_name(args, batch[j]))
             run.append(row)
             progress.finished(row)
     finally:
@@ -481,8 +641,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seek_args(r)
     e = sub.add_parser("eval", help="seek over a data-set file, one JSONL row per problem")
     e.add_argument("--data", required=True, help="JSONL/JSON/Parquet file or datasets.save_to_disk folder")
-    e.add_argument("--start", type=int, default=0)
-    e.add_argument("--limit", type=int, default=None)
+    e.add_argument(
+        "--question-field", default=None, help="the rows' question field (default: the data set's own)"
+    )
+    e.add_argument(
+        "--answer-field", default=None, help="the rows' gold-answer field (default: the data set's own)"
+    )
+    e.add_argument(
+        "--split", default=None, help="the split of a DatasetDict folder (default: test, or its only split)"
+    )
+    e.add_argument("--start", type=int, default=0, help="index of the first problem (default 0)")
+    e.add_argument("--limit", type=int, default=None, help="at most this many problems (default: all)")
     e.add_argument("--out", default="results.jsonl")
     e.add_argument("--resume", action="store_true", help="continue --out, skipping problems already in it")
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
@@ -514,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report}[args.command](args)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except (CLIError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         record_error(exc)  # under torchrun: the failure summary names this rank's error

@@ -321,6 +321,14 @@ def seek(
     )
     score = bind_question(reward_obj, question)
     device = head.weight.device
+    # Before decoding: a backend that cannot run (or would crawl under Triton's interpreter) fails now.
+    resolve_backend(
+        config.backend,
+        device,
+        latent_dtype=config.latent_dtype,
+        head_shape=tuple(head.weight.shape),
+        max_steps=config.max_steps,
+    )
     clock = PhaseClock()
 
     from .rewards.base import as_reward

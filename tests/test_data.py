@@ -239,3 +239,52 @@ def test_real_aime24_test_set():
         assert all(re.fullmatch(r"\d{1,3}", p.gold) for p in problems)
         assert [p.question for p in problems] == [r["problem"] for r in rows]
         assert all(p.meta["url"].startswith("https://artofproblemsolving.com/") for p in problems)
+
+
+def test_null_or_blank_answer_is_no_gold(tmp_path):
+    """A row without a ground truth loads with ``gold=None`` (so no PSRM is built on ``""``)."""
+    rows = [
+        {"question": "Q0?", "answer": "#### 4"},
+        {"question": "Q1?", "answer": None},
+        {"question": "Q2?", "answer": "   "},
+        {"question": "Q3?", "answer": "steps\n#### "},
+    ]
+    golds = [p.gold for p in load_problems(_write_jsonl(tmp_path / "g.jsonl", rows))]
+    assert golds == ["4", None, None, None]
+    rows = [{"problem": "P?", "answer": ""}, {"problem": "P?", "answer": "8"}]
+    golds = [p.gold for p in load_problems(_write_jsonl(tmp_path / "m.jsonl", rows), dataset="math500")]
+    assert golds == [None, "8"]
+
+
+def test_split_is_only_for_dataset_dict_folders(tmp_path):
+    path = _write_jsonl(tmp_path / "gsm8k_rows.jsonl", GSM_ROWS)
+    with pytest.raises(ValueError, match=r"split='test': .* is a file; only a DatasetDict folder has splits"):
+        load_problems(path, split="test")
+    folder = tmp_path / "one"
+    _save_to_disk_layout(folder, MATH_ROWS)
+    assert len(load_problems(folder)) == 2
+    with pytest.raises(ValueError, match=r"split='train': .* is not a DatasetDict folder"):
+        load_problems(folder, split="train")
+
+
+def test_option_names_spell_the_options_in_errors(tmp_path):
+    """The errors name the keyword arguments, or the CLI's flags when it passes them."""
+    flags = {"dataset": "--dataset", "question_field": "--question-field", "answer_field": "--answer-field"}
+    flags["split"] = "--split"
+    odd = _write_jsonl(tmp_path / "odd.jsonl", [{"q": "x", "a": "1"}])
+    with pytest.raises(ValueError, match=r"pass dataset= \(one of gsm8k, math500, aime\).*question_field="):
+        load_problems(odd)
+    with pytest.raises(ValueError, match=r"pass --dataset \(one of .*\) and, if needed, --question-field/"):
+        load_problems(odd, option_names=flags)
+    with pytest.raises(ValueError, match=r"pass question_field= to choose another"):
+        load_problems(odd, dataset="gsm8k")
+    with pytest.raises(ValueError, match=r"--answer-field b: no such field"):
+        load_problems(odd, dataset="gsm8k", question_field="q", answer_field="b", option_names=flags)
+    root = tmp_path / "dict"
+    _save_to_disk_layout(root / "train", MATH_ROWS[:1], split="train")
+    _save_to_disk_layout(root / "dev", MATH_ROWS, split="dev")
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "dev"]}))
+    with pytest.raises(ValueError, match=r"choose one with split= or"):
+        load_problems(root)
+    with pytest.raises(ValueError, match=r"choose one with --split or"):
+        load_problems(root, option_names=flags)

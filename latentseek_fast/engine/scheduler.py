@@ -209,7 +209,11 @@ class Engine:
         self.prompts = prompts
         self.style = style
         self.backend = resolve_backend(
-            self.config.backend, self.device, latent_dtype=self.config.latent_dtype
+            self.config.backend,
+            self.device,
+            latent_dtype=self.config.latent_dtype,
+            head_shape=tuple(self.head.weight.shape),
+            max_steps=self.config.max_steps,
         )
         self.stop = decode.stop_ids(tokenizer)
         self.decoder = HFDecoder(model)
