@@ -1,6 +1,7 @@
 """The CLI on a tiny saved model: run, eval, and a resume after a torn write."""
 
 import json
+import re
 
 import pytest
 from conftest import make_tiny_model
@@ -68,3 +69,31 @@ def test_eval_bad_field(model_dir, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps({"prompt": "x"}) + "\n")
     assert cli.main(["eval", "--model", model_dir, "--data", str(p), "--out", str(tmp_path / "o.jsonl")]) == 2
+
+
+def test_eval_refuses_a_prompt_past_the_context_before_decoding(tokenizer, tmp_path, capsys):
+    """A problem whose prompt fills the model's context (max_position_embeddings) stops eval with
+    one line naming its index and id and both lengths, before any problem is decoded."""
+    d = tmp_path / "short-context"
+    make_tiny_model(hidden=32, layers=1, max_positions=160).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    data = tmp_path / "long.jsonl"
+    rows = [
+        {"id": "short", "question": "What is 1 + 1?", "answer": "#### 2"},
+        {
+            "id": "long",
+            "question": "Add these numbers: " + " + ".join(["1"] * 150) + ".",
+            "answer": "#### 150",
+        },
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "res.jsonl"
+    assert cli.main(["eval", "--model", str(d), "--data", str(data), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert re.fullmatch(
+        r"error: problem 1 \(id 'long'\): the prompt is \d+ tokens and the model's context "
+        r"\(config.max_position_embeddings\) is 160 positions: no room for an answer .*",
+        err[-1],
+    ), err
+    assert not out.exists() or out.read_text() == ""  # problem 0 was not decoded either
