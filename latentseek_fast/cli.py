@@ -11,7 +11,7 @@ import sys
 import time
 
 from .backends import BACKENDS, MODES, interpreter_refusal, triton_unavailable_reason
-from .config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
+from .config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, ConfigError, SeekConfig
 from .data import DATASETS
 from .dist import record, record_error
 
@@ -94,10 +94,15 @@ def _add_seek_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> SeekConfig:
-    """The ``SeekConfig`` of every field the command line sets (argparse dests are field names)."""
-    return SeekConfig(
-        **{name: getattr(args, name) for name in SeekConfig.field_names() if hasattr(args, name)}
-    )
+    """The ``SeekConfig`` of every field the command line sets (argparse dests are field names);
+    a value out of range is named by its option (``--lr 1e+38: expected ...``)."""
+    try:
+        return SeekConfig(
+            **{name: getattr(args, name) for name in SeekConfig.field_names() if hasattr(args, name)}
+        )
+    except ConfigError as exc:
+        option = "--" + exc.field.replace("_", "-")
+        raise CLIError(f"{option} {exc.value}: {exc.allowed}") from None
 
 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -601,8 +606,16 @@ def cmd_eval(args) -> int:
 def _eval_problems(args, config, model, tok, batch, run) -> None:
     """Seek ``batch`` (this rank's problems, ``run.todo`` order) and append each row as it ends."""
     from .engine import iter_seek
-    from .loop import seek
+    from .loop import check_prompt_fits, context_limit, seek
+    from .prompts import build_prompt
 
+    context = context_limit(model)
+    for j, p in enumerate(batch):  # every prompt must fit the model's context, before any decoding
+        ids = tok(build_prompt(tok, p.question, dataset=p.dataset, style=args.prompt)).input_ids
+        try:
+            check_prompt_fits(len(ids), context, f"problem {run.todo[j]} (id {p.id!r})")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     rewards = [_reward(args, model, tok, p) for p in batch]
     progress = _EvalProgress(len(batch), enabled=run.env.is_main)
     common = dict(style=args.prompt, format_rule=args.format_rule, on_event=progress)

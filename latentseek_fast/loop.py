@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,7 +28,9 @@ class SeekResult:
     """What a seek produced.
 
     ``rewards`` is the reward history (the original answer's first); ``iterations`` the number of
-    latent steps taken (``len(rewards) - 1``); ``timings`` the wall seconds of each phase:
+    latent steps taken (``len(rewards) - 1``); ``update_length`` the number of latents optimised
+    (L, or ``T - start_index`` when fewer latents follow ``start_index``; ``compat`` returns the
+    research code's L instead); ``timings`` the wall seconds of each phase:
     ``generate`` (original answer), ``latent`` (gradient + update + re-decode of the L latents),
     ``decode`` (continuations) and ``reward``. ``reused``: iterations that reused an earlier
     iteration's continuation (``SeekConfig.reuse``); ``decode_stats``: ``drafts.DecodeStats`` of
@@ -81,8 +84,9 @@ class LoopOutcome:
 
     ``ids``/``text`` are the latest answer, or None when no step ran (the original answer
     stands); ``rewards`` is the reward history (the original answer's first); ``update_length``
-    is L; ``stopped`` is ``threshold``, ``max_steps`` or ``no_update``; ``backend`` the concrete
-    backend of the latent steps; ``texts`` the answer of each iteration (``rewards[1:]`` scored them).
+    is the number of latents optimised (L, or fewer at the answer's end); ``stopped`` is
+    ``threshold``, ``max_steps`` or ``no_update``; ``backend`` the concrete backend of the latent
+    steps; ``texts`` the answer of each iteration (``rewards[1:]`` scored them).
     """
 
     ids: list[int] | None
@@ -116,15 +120,24 @@ def finite_flags(latents: torch.Tensor, grad: torch.Tensor | None) -> torch.Tens
     return torch.stack(finite)
 
 
-def check_finite(ok: list[bool], reward: float, where: str) -> None:
+def check_finite(ok: list[bool], reward: float, where: str, lr: float | None = None) -> None:
     """The guard after a latent step, from ``finite_flags(...).tolist()``: NaN/inf in the latents
-    or the gradient raises ``RuntimeError`` naming ``where``."""
+    or the gradient raises ``overflow_error``'s RuntimeError."""
     if not all(ok):
-        what = "latents" if not ok[0] else "gradient"
-        raise RuntimeError(
-            f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); "
-            "lower lr or check the model's hidden states"
-        )
+        raise overflow_error(where, "latents" if not ok[0] else "gradient", reward, lr)
+
+
+def overflow_error(where: str, what: str, reward: float, lr: float | None) -> RuntimeError:
+    """The error of a latent step that left NaN/inf in the ``what`` (latents or gradient): it names
+    ``where``, the reward and the likely cause, the learning rate ``lr`` (Adam moves every latent
+    element by about lr per step)."""
+    rate = "the learning rate" if lr is None else f"the learning rate lr={lr!r}"
+    return RuntimeError(
+        f"{where}: NaN or inf in the {what} after the update (reward {reward!r}); {rate} is the likely "
+        "cause (Adam moves every latent element by about lr per step, so lr * steps must stay well "
+        "inside the model dtype's range): lower lr (SeekConfig.lr, --lr), or check the model's "
+        "hidden states"
+    )
 
 
 def checked_step(stepper, reward: float, step: int, label: str, need_next: bool) -> list[int]:
@@ -135,17 +148,94 @@ def checked_step(stepper, reward: float, step: int, label: str, need_next: bool)
     batched steps with the same pieces: ``check_step_reward``, ``finite_flags``, ``check_finite``.)"""
     where = step_where(step, label)
     check_step_reward(reward, where)
+    lr = getattr(getattr(stepper, "config", None), "lr", None)
     try:
         tokens = stepper.step(reward, need_next=need_next)
     except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on latents that became inf
         if type(exc) not in (ValueError, RuntimeError):
             raise  # subclasses (out of memory, ...) keep their type
+        if not bool(torch.isfinite(stepper.state()[0]).all()):  # the update overflowed the latents
+            raise overflow_error(where, "latents", reward, lr) from exc
         raise type(exc)(f"{where}: {exc}") from exc
-    check_finite(finite_flags(*stepper.state()).tolist(), reward, where)
+    check_finite(finite_flags(*stepper.state()).tolist(), reward, where, lr)
     return tokens
 
 
 _checked_step = checked_step  # the name tests and older callers use
+
+
+def check_on_event(on_event) -> None:
+    """``on_event`` must be None or a callable taking one event: a TypeError naming it otherwise,
+    before anything runs (not at the first event)."""
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event={on_event!r}: expected a callable taking one event, or None")
+
+
+def context_limit(model) -> int | None:
+    """The model's context in positions (``config.max_position_embeddings``), or None when its
+    config does not give one (then nothing is checked)."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def check_prompt_fits(prompt_length: int, limit: int | None, label: str | None) -> None:
+    """A ValueError naming ``label`` (when given) and both lengths when a prompt of
+    ``prompt_length`` tokens leaves no room for an answer in the model's context of ``limit``
+    positions: past ``max_position_embeddings`` a model computes garbage without any error."""
+    if limit is not None and prompt_length >= limit:
+        raise ValueError(
+            (f"{label}: " if label else "") + f"the prompt is {prompt_length} tokens and the model's context "
+            f"(config.max_position_embeddings) is {limit} positions: no room for an answer "
+            "(shorten the question or use a model with a longer context)"
+        )
+
+
+def original_cap(prompt_length: int, max_new_tokens: int, limit: int | None, label: str) -> int:
+    """The original answer's token cap: ``max_new_tokens``, lowered with a warning to
+    ``limit - prompt_length`` so that prompt + answer fit the model's context (see
+    ``check_prompt_fits``, which this applies first)."""
+    check_prompt_fits(prompt_length, limit, label)
+    if limit is None or prompt_length + max_new_tokens <= limit:
+        return max_new_tokens
+    room = limit - prompt_length
+    warnings.warn(
+        f"{label}: the prompt is {prompt_length} tokens and the model's context "
+        f"(config.max_position_embeddings) is {limit} positions: the original answer is capped at "
+        f"{room} tokens instead of max_new_tokens={max_new_tokens}, and continuations stop at the "
+        "context's end",
+        stacklevel=3,
+    )
+    return room
+
+
+def continuation_cap(
+    prompt_length: int, start: int, L: int, max_new_tokens: int, limit: int | None, label: str
+) -> int:
+    """A continuation's token cap: ``max_new_tokens``, lowered so that the model is never run at
+    a position past its context. A continuation feeds the prompt's ``prompt_length`` tokens, the
+    ``start`` fixed answer tokens and the L re-decoded ones, then each token it makes but the last:
+    at most ``limit - prompt_length - start - L + 1`` tokens (at least 1, since the original answer
+    was capped at ``limit - prompt_length``). Warns when this binds and the original's warning
+    (``original_cap``) did not already say so."""
+    if limit is None:
+        return max_new_tokens
+    room = limit - prompt_length - start - L + 1
+    if room < 1:
+        raise ValueError(
+            f"{label}: prompt ({prompt_length}) + start_index ({start}) + L ({L}) tokens leave no room "
+            f"for a continuation in the model's context of {limit} positions"
+        )
+    if room >= max_new_tokens:
+        return max_new_tokens
+    if prompt_length + max_new_tokens <= limit:  # else original_cap has warned
+        warnings.warn(
+            f"{label}: the prompt ({prompt_length} tokens), start_index={start} and L={L} leave room "
+            f"for {room} continuation tokens in the model's context (config.max_position_embeddings) "
+            f"of {limit} positions: continuations are capped there instead of "
+            f"max_new_tokens={max_new_tokens}",
+            stacklevel=3,
+        )
+    return room
 
 
 def seek_loop(
@@ -168,6 +258,7 @@ def seek_loop(
     stats=None,
     reuse_reward: bool = False,
     answer_complete: bool = False,
+    context: int | None = None,
 ) -> LoopOutcome:
     """Steps 2-5 of Algorithm 1 from an original answer (see ``docs/algorithm.md``).
 
@@ -183,6 +274,11 @@ def seek_loop(
     ``answer_complete`` says that ``answer_ids`` itself is such a continuation (decoded greedily
     with ``cont_stop`` and ended by one of them), so re-decoding its own tokens reuses it.
     ``stats`` (a ``drafts.DecodeStats``), when given, counts the decoding and the reuses.
+    ``context``: the model's context in positions; continuations stop before running the model
+    past it (``continuation_cap``). None: no cap (``compat``, as the research code).
+
+    The outcome's ``update_length`` is the number of latents optimised: L, or fewer when
+    ``start_index + L`` passes the answer's end (only the latents after ``start_index`` exist).
     """
     T = int(latents.shape[0])
     L = config.update_length(T)
@@ -195,6 +291,8 @@ def seek_loop(
     if start >= T:
         raise ValueError(f"start_index={start}: must be below the answer length T={T}")
     rows = latents[start : start + L]
+    L = int(rows.shape[0])  # min(L, T - start): what is optimised
+    cont_max_tokens = continuation_cap(int(prompt_ids.shape[1]), start, L, cont_max_tokens, context, label)
     prefix = list(answer_ids[:start])
     base = torch.cat([prompt_ids[0], torch.tensor(prefix, dtype=torch.long, device=prompt_ids.device)])
     base_len = int(base.numel())
@@ -307,10 +405,16 @@ def seek(
     already templated prompt; by default one is built with ``prompts.build_prompt``.
     ``overrides`` replace fields of ``config``. ``on_event``: called with progress events as they
     happen (``latentseek_fast.engine.events``: each original token, the scored original answer,
-    each iteration, the result; index 0).
+    each iteration, the result; index 0); anything else but None raises TypeError up front.
+
+    A prompt that fills the model's context (``config.max_position_embeddings``) raises
+    ValueError before decoding; when prompt + ``max_new_tokens`` would pass it, the answers are
+    capped at the context with a warning (``original_cap``, ``continuation_cap``).
     """
+    check_on_event(on_event)
     config = SeekConfig(**{**(config.to_dict() if config else {}), **overrides})
     question, gold, dataset = problem_parts(problem, dataset)
+    label = f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}"
     head = decode.lm_head_of(model)
     if prompt is None:
         from .prompts import build_prompt
@@ -338,6 +442,8 @@ def seek(
 
     t0 = time.perf_counter()
     prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    context = context_limit(model)
+    max_tokens = original_cap(int(prompt_ids.shape[1]), config.max_new_tokens, context, label)
     cache = decode.new_cache(model)
     h = decode.prefill(model, prompt_ids, cache)
     on_token = None
@@ -354,7 +460,7 @@ def seek(
         cache,
         h,
         stop=decode.stop_ids(tokenizer),
-        max_tokens=config.max_new_tokens,
+        max_tokens=max_tokens,
         on_token=on_token,
         drafts=row,
     )
@@ -385,11 +491,12 @@ def seek(
         clock=clock,
         prompt_cache=cache,
         on_event=on_event,
-        label=f"problem {problem.id!r}" if hasattr(problem, "id") else f"question {question[:60]!r}",
+        label=label,
         pool=pool,
         stats=stats,
         reuse_reward=reuse_reward,
         answer_complete=gen.stopped_by == "stop",
+        context=context,
     )
     ids, text = (gen.ids, original_text) if out.ids is None else (out.ids, out.text)
     say_once(f"seek-backend-{out.backend}", f"latentseek_fast: latent steps on the '{out.backend}' backend")

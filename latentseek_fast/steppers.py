@@ -11,12 +11,22 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import decode
 from .config import SeekConfig
 from .ops.latent_adam import latent_adam_
 from .ops.latent_policy_grad import latent_policy_grad
+
+
+@contextlib.contextmanager
+def _autograd_on():
+    """Autograd on, whatever the caller's ``torch.no_grad()``/``torch.inference_mode()``: the
+    reference step differentiates through the LM head (users wrap generation in those by habit)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def make_stepper(model, latents: torch.Tensor, config: SeekConfig, backend: str):
@@ -34,8 +44,9 @@ class ReferenceStepper:
         self.head = head
         self.config = config
         self.exact = config.latent_dtype == "model"
-        init = latents.detach().clone()
-        self.param = torch.nn.Parameter(init if self.exact else init.float())
+        with _autograd_on():  # a normal tensor even when the latents were made in inference mode
+            init = latents.detach().clone()
+            self.param = torch.nn.Parameter(init if self.exact else init.float())
         self.optimizer = torch.optim.Adam([self.param], lr=config.lr)
         # The research code ignores a soft-cap (it calls lm_head directly); the exact mode does too.
         self.softcap = None if self.exact else softcap
@@ -72,16 +83,17 @@ class ReferenceStepper:
         ).tokens
 
     def step(self, reward: float, need_next: bool = True) -> list[int]:
-        self.optimizer.zero_grad()
-        logits = self._logits()
-        probs = torch.softmax(logits, dim=-1) + 1e-8
-        tokens = self._tokens(probs)
-        logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
-        loss = -reward * logp.sum()
-        loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
-        self.optimizer.step()
+        with _autograd_on():
+            self.optimizer.zero_grad()
+            logits = self._logits()
+            probs = torch.softmax(logits, dim=-1) + 1e-8
+            tokens = self._tokens(probs)
+            logp = torch.log(probs[torch.arange(probs.shape[0]), tokens] + 1e-10)
+            loss = -reward * logp.sum()
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_([self.param], self.config.grad_clip)
+            self.optimizer.step()
         self.steps += 1
         with torch.no_grad():
             z = self.param if self.exact else self.param.to(self.head.weight.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -88,8 +89,10 @@ def make_tiny_model(
     seed: int = 0,
     tie: bool = True,
     dtype=torch.float32,
+    max_positions: int = 4096,
 ):
-    """A random decoder-only model that shares the embedded tokenizer's vocabulary."""
+    """A random decoder-only model that shares the embedded tokenizer's vocabulary, with a
+    context of ``max_positions`` (``config.max_position_embeddings``)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
@@ -100,7 +103,7 @@ def make_tiny_model(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
@@ -109,6 +112,43 @@ def make_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.eval()
+    return model
+
+
+class SmallTokenizer:
+    """Characters as ids 3..63 of a 64-token vocabulary, eos = 2: a seek at shapes small enough
+    for the Triton interpreter (the embedded tokenizer's 49152 tokens take minutes there)."""
+
+    eos_token, eos_token_id, pad_token_id = "<eos>", 2, 2
+
+    def __len__(self):
+        return 64
+
+    def encode(self, text):
+        return [3 + ord(c) % 61 for c in text]
+
+    def __call__(self, text, return_tensors=None):
+        ids = [self.encode(t) for t in text] if isinstance(text, list) else [self.encode(text)]
+        return SimpleNamespace(input_ids=torch.tensor(ids))
+
+    def decode(self, ids):
+        ids = [ids] if isinstance(ids, int) else ids
+        return "".join("<eos>" if i == 2 else chr(i) for i in ids if i >= 2)
+
+    def batch_decode(self, seqs):
+        return [self.decode(s) for s in seqs]
+
+
+def small_model(max_positions: int = 4096, stops: bool = False):
+    """A random model over SmallTokenizer's vocabulary; its greedy answer to "What is 2+3?" (12
+    tokens) runs past 100 tokens, or (``stops``) ends with eos after 10 tokens (the eos row of its
+    head made longer)."""
+    model = make_tiny_model(
+        vocab_size=64, hidden=32, layers=1, tie=False, seed=17, max_positions=max_positions
+    )
+    if stops:
+        with torch.no_grad():
+            model.lm_head.weight[2] *= 1.3
     return model
 
 
@@ -287,3 +327,33 @@ def assert_same_or_near_tie(
         f"{gap:.3g} >= {limit:.3g}: not a near-tie, a real disagreement"
     )
     return k
+
+
+def overflow_updates(monkeypatch):
+    """Make every latent update overflow (what too large an lr does to fp16 latents, say): the
+    fused steppers' ``latent_adam_`` and ``torch.optim.Adam.step`` (the reference stepper's) fill
+    the latents with inf after their own update."""
+    from latentseek_fast import steppers
+    from latentseek_fast.engine import latent
+
+    real_adam = steppers.latent_adam_
+
+    def adam(latents, *args, **kwargs):
+        real_adam(latents, *args, **kwargs)
+        latents.fill_(float("inf"))
+        if kwargs.get("master") is not None:
+            kwargs["master"].fill_(float("inf"))
+
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(steppers, "latent_adam_", adam)
+    monkeypatch.setattr(latent, "latent_adam_", adam)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)

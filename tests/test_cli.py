@@ -1,6 +1,7 @@
 """The CLI on a tiny saved model: run, eval, a resume after a torn write, and Ctrl-C."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -151,3 +152,31 @@ def test_ctrl_c_during_eval_is_one_line_and_resume_finishes(model_dir, tmp_path)
     # The rows are whole; a resume over the first n + 2 problems runs only the missing ones.
     assert cli.main([*argv, "--resume", "--limit", str(n + 2)]) == 0
     assert sorted(json.loads(x)["index"] for x in out.read_text().splitlines()) == list(range(n + 2))
+
+
+def test_eval_refuses_a_prompt_past_the_context_before_decoding(tokenizer, tmp_path, capsys):
+    """A problem whose prompt fills the model's context (max_position_embeddings) stops eval with
+    one line naming its index and id and both lengths, before any problem is decoded."""
+    d = tmp_path / "short-context"
+    make_tiny_model(hidden=32, layers=1, max_positions=160).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    data = tmp_path / "long.jsonl"
+    rows = [
+        {"id": "short", "question": "What is 1 + 1?", "answer": "#### 2"},
+        {
+            "id": "long",
+            "question": "Add these numbers: " + " + ".join(["1"] * 150) + ".",
+            "answer": "#### 150",
+        },
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "res.jsonl"
+    assert cli.main(["eval", "--model", str(d), "--data", str(data), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert re.fullmatch(
+        r"error: problem 1 \(id 'long'\): the prompt is \d+ tokens and the model's context "
+        r"\(config.max_position_embeddings\) is 160 positions: no room for an answer .*",
+        err[-1],
+    ), err
+    assert not out.exists() or out.read_text() == ""  # problem 0 was not decoded either

@@ -252,3 +252,13 @@ def test_data_errors_name_the_flags(no_load, tmp_path, capsys):
     assert _eval(str(folder), out) == 2
     _one_line(capsys, "it holds the splits ['train', 'validation']; choose one with --split")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("lr", ["1e38", "1000", "0"])
+def test_lr_out_of_range_names_the_option(no_load, data_file, tmp_path, capsys, lr):
+    """--lr 1e38 used to fail after the model loaded, with internals (``hidden must be finite``)."""
+    want = f"--lr {float(lr)}: expected 0 < lr <= 100 (Adam moves every latent element by about lr per step"
+    assert cli.main(["run", "--lr", lr]) == 2
+    _one_line(capsys, want)
+    assert _eval(data_file, tmp_path / "r.jsonl", "--lr", lr) == 2
+    _one_line(capsys, want)

@@ -49,9 +49,14 @@ from ..drafts import DecodeStats, DraftPool, DraftRow, best_width, forward_posit
 from ..loop import (
     SeekResult,
     check_finite,
+    check_on_event,
     check_step_reward,
     checked_step,
+    context_limit,
+    continuation_cap,
     finite_flags,
+    original_cap,
+    overflow_error,
     problem_parts,
     step_where,
 )
@@ -134,6 +139,7 @@ class _Problem:
         self.history: list[float] = []
         self.texts: list[str] = []  # the text each reward in history scored
         self.L = 0
+        self.cont_cap = 0  # a continuation's token cap (max_new_tokens, or less near the context's end)
         self.prefix: list[int] = []
         self.base_len = 0
         self.stepper = None  # ReferenceStepper or FusedLatents
@@ -175,8 +181,7 @@ class Engine:
         **overrides,
     ):
         check_int("batch_size", batch_size)
-        if on_event is not None and not callable(on_event):
-            raise ValueError(f"on_event={on_event!r}: expected a callable taking one event, or None")
+        check_on_event(on_event)
         if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):
             raise ValueError(
                 f"problems={problems!r}: expected a sequence of questions or data.Problem objects"
@@ -206,8 +211,24 @@ class Engine:
             except Exception as e:
                 raise ProblemError(i, e) from e
             self.specs.append((question, gold, ds, obj, fn))
-        self.prompts = prompts
         self.style = style
+        # Every prompt is tokenized and checked against the model's context before anything runs.
+        self.context = context_limit(model)
+        self.prompt_ids: list[list[int]] = []
+        self.caps: list[int] = []  # the original answer's token cap (loop.original_cap)
+        self.labels: list[str] = []  # how the context checks name each problem
+        for i, (question, _, ds, _, _) in enumerate(self.specs):
+            if prompts is not None:
+                prompt = prompts[i]
+            else:
+                from ..prompts import build_prompt
+
+                prompt = build_prompt(tokenizer, question, dataset=ds, style=style)
+            ids = tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+            pid = getattr(problems[i], "id", None)
+            self.labels.append(f"problems[{i}]" + (f" (id {pid!r})" if pid is not None else ""))
+            self.caps.append(original_cap(len(ids), self.config.max_new_tokens, self.context, self.labels[i]))
+            self.prompt_ids.append(ids)
         self.backend = resolve_backend(
             self.config.backend,
             self.device,
@@ -286,14 +307,8 @@ class Engine:
 
     def _admit(self, index: int) -> _Problem:
         question, gold, ds, obj, fn = self.specs[index]
-        if self.prompts is not None:
-            prompt = self.prompts[index]
-        else:
-            from ..prompts import build_prompt
-
-            prompt = build_prompt(self.tokenizer, question, dataset=ds, style=self.style)
         t0 = time.perf_counter()
-        prompt_ids = self.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+        prompt_ids = self.prompt_ids[index]
         self_reward = None
         from ..rewards.self_reward import SelfReward
 
@@ -316,7 +331,7 @@ class Engine:
                 p.solver,
                 prompt_ids,
                 stop=self.stop,
-                cap=self.config.max_new_tokens,
+                cap=self.caps[index],
                 keep=True,
                 phase="generate",
                 owner=p,
@@ -437,13 +452,18 @@ class Engine:
                 raise ProblemError(
                     p.index, ValueError(f"start_index={start}: must be below the answer length T={T}")
                 )
+            rows = p.gen_latents[start : start + p.L]
+            p.L = int(rows.shape[0])  # min(L, T - start): what is optimised (loop.seek_loop's)
+            P = len(p.prompt_ids)
+            p.cont_cap = continuation_cap(
+                P, start, p.L, self.config.max_new_tokens, self.context, self.labels[p.index]
+            )
             # An original answer ended by a stop token is the greedy continuation of its own
             # re-decoded tokens (loop.seek_loop's ``answer_complete``).
-            if p.gen_ids[-1] in self.stop and T - start - p.L <= self.config.max_new_tokens:
+            if p.gen_ids[-1] in self.stop and T - start - p.L <= p.cont_cap:
                 p.seen[tuple(p.gen_ids[start : start + p.L])] = (list(p.gen_ids), p.original_text, r)
             p.prefix = list(p.gen_ids[:start])
-            p.base_len = len(p.prompt_ids) + start
-            rows = p.gen_latents[start : start + p.L]
+            p.base_len = P + start
             t0 = time.perf_counter()
             if self.fused is None:
                 p.stepper = make_stepper(self.model, rows, self.config, self.backend)
@@ -506,7 +526,7 @@ class Engine:
             o = 0
             for p, r, f in zip(stepping, rewards, flags):
                 try:
-                    check_finite(ok[o : o + len(f)], r, step_where(p.steps, label(p.index)))
+                    check_finite(ok[o : o + len(f)], r, step_where(p.steps, label(p.index)), cfg.lr)
                 except RuntimeError as e:
                     raise ProblemError(p.index, e) from e
                 o += len(f)
@@ -538,7 +558,7 @@ class Engine:
                     p.solver,
                     p.new_tokens,
                     stop=self.stop,
-                    cap=cfg.max_new_tokens,
+                    cap=p.cont_cap,
                     keep=False,
                     phase="decode",
                     owner=p,
@@ -556,7 +576,11 @@ class Engine:
         bad = [p for p, ok in zip(stepping, flags) if not ok] or (stepping if len(stepping) == 1 else [])
         if bad:
             p = bad[0]
-            err = type(exc)(f"{step_where(p.steps, f'problem {p.index}')}: {exc}")
+            where = step_where(p.steps, f"problem {p.index}")
+            if not flags[stepping.index(p)]:  # the update overflowed its latents (loop.checked_step's)
+                err = overflow_error(where, "latents", p.history[-1], self.config.lr)
+            else:
+                err = type(exc)(f"{where}: {exc}")
             raise ProblemError(p.index, err) from exc
 
     def _finish(self, p: _Problem, stopped: str) -> None:
