@@ -59,7 +59,7 @@ def data_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def smol():
     """``(model, tokenizer)``: the embedded SmolLM2-135M-Instruct, fp32 (first use converts the GGUF)."""
-    from latentseek_fast.models import load_model
+    from latentseek_fast.app.models import load_model
 
     torch.manual_seed(0)
     return load_model(None, dtype="float32")

@@ -206,8 +206,8 @@ def test_self_reward_format_rule(monkeypatch, answer, rejected, expected):
 
 def test_make_reward_caps_verifier_replies(monkeypatch):
     """``verifier_tokens`` (the CLI's ``--verifier-tokens``) reaches the verifiers' generate call."""
-    from latentseek_fast.cli import _reward, build_parser
-    from latentseek_fast.data import Problem
+    from latentseek_fast.app.cli import _reward, build_parser
+    from latentseek_fast.app.data import Problem
     from latentseek_fast.rewards import make_reward
 
     tok, calls = _scripted(monkeypatch, {n: True for n in NAMES})

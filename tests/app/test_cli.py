@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import make_tiny_model
 
-from latentseek_fast import cli
+from latentseek_fast.app import cli
 
 
 @pytest.fixture(scope="module")

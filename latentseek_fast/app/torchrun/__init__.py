@@ -25,7 +25,7 @@ ranks and exits non-zero, naming the failed rank and its error (decorate the ent
 Multi-node runs need ``<out>`` on a file system that every node sees: rank 0 reads every
 shard, and checks that it found every row the other ranks reported (an error says so if not).
 
-The results module (``latentseek_fast.results``) is the one reader and writer of results files;
+The results module (``latentseek_fast.app.results``) is the one reader and writer of results files;
 this module uses only its ``read_results``, ``ResultsWriter``, ``merge`` and ``ResultsError``.
 """
 
@@ -74,7 +74,7 @@ _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
 def _results():
-    from . import results
+    from .. import results
 
     return results
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import data_file
 
-from latentseek_fast.data import DATASETS, Problem, gsm8k_gold, load_problems
-from latentseek_fast.demo import demo_problems, get_demo
+from latentseek_fast.app.data import DATASETS, Problem, gsm8k_gold, load_problems
+from latentseek_fast.app.demo import demo_problems, get_demo
 
 GSM_ROWS = [
     {"question": "Ann has 2 cats and gets 3 more. How many cats?", "answer": "2 + 3 = 5\n#### 5"},

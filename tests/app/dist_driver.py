@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from latentseek_fast import dist  # noqa: E402
+from latentseek_fast.app import torchrun as dist  # noqa: E402
 
 
 def row_of(i: int) -> dict:

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from latentseek_fast.results import read_results
+from latentseek_fast.app.results import read_results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # rho 0.5 of 6 tokens gives L = 3 (the default 0.1 would give L = 0 and no iteration); one
 # thread in every process, so no run differs from another by its thread count.
 FAST = ["--max-new-tokens", "6", "--max-steps", "2", "--rho", "0.5", "--threads", "1", "--device", "cpu"]
@@ -37,7 +37,7 @@ def _eval(tiny_model_dir, data_file, out, *extra, nproc=None):
     cmd = [sys.executable]
     if nproc is not None:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += ["-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir, "--data", data_file]
+    cmd += ["-m", "latentseek_fast", "eval", "--model", tiny_model_dir, "--data", data_file]
     cmd += ["--out", str(out), *FAST, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     return p.returncode, p.stdout + p.stderr

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from latentseek_fast import cli
+from latentseek_fast.app import cli
 
 
 @pytest.mark.parametrize(

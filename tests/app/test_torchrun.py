@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_driver import row_of  # noqa: E402
 
-from latentseek_fast import dist  # noqa: E402
-from latentseek_fast.dist import DistEnv  # noqa: E402
+from latentseek_fast.app import torchrun as dist  # noqa: E402
+from latentseek_fast.app.torchrun import DistEnv  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = str(Path(__file__).resolve().parent / "dist_driver.py")
 
 

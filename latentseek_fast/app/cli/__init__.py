@@ -10,10 +10,10 @@ import re
 import sys
 import time
 
-from .backends import BACKENDS, MODES, interpreter_refusal, triton_unavailable_reason
-from .config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
-from .data import DATASETS
-from .dist import record, record_error
+from ...backends import BACKENDS, MODES, interpreter_refusal, triton_unavailable_reason
+from ...config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
+from ..data import DATASETS
+from ..torchrun import record, record_error
 
 
 class CLIError(Exception):
@@ -105,7 +105,7 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 def _check_model(name: str | None) -> None:
     """What can be known about ``--model`` without loading it: paths must exist and be models."""
-    from .models import EMBEDDED_NAME, embedded_gguf_path
+    from ..models import EMBEDDED_NAME, embedded_gguf_path
 
     if name is None or name == EMBEDDED_NAME:
         embedded_gguf_path()  # a clear RuntimeError when the package is missing
@@ -120,7 +120,7 @@ def _check_model(name: str | None) -> None:
     elif name.startswith(("/", ".", "~")) or os.sep in name.strip(os.sep) and not _HUB_NAME.fullmatch(name):
         raise CLIError(f"--model {name}: no such directory")
     else:  # a Hub name ("org/model"): offline and not cached, it cannot load (else only loading tells)
-        from .models import hub_unavailable_reason
+        from ..models import hub_unavailable_reason
 
         why = hub_unavailable_reason(name)
         if why is not None:
@@ -136,7 +136,7 @@ def _preflight(args) -> None:
     """Check --threads, --dtype, --device and --model before anything slow (exit 2, one line)."""
     import torch
 
-    from .models import parse_dtype
+    from ..models import parse_dtype
 
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads {args.threads}: expected an integer >= 1")
@@ -183,7 +183,7 @@ def _check_backend(args) -> None:
     (``models.head_shape``; otherwise ``_load`` checks right after loading, before decoding)."""
     if args.backend != "triton":
         return
-    from .models import head_shape
+    from ..models import head_shape
 
     device = _default_device(args)
     why = triton_unavailable_reason(device)
@@ -230,7 +230,7 @@ def _cli_threads(args, device: str) -> int | None:
         or os.environ.get("LOCAL_WORLD_SIZE", "1") not in ("", "1")
     ):
         return None
-    from .dist import cpu_cores
+    from ..torchrun import cpu_cores
 
     return default_cpu_threads(cpu_cores(), os.getloadavg()[0])
 
@@ -238,8 +238,8 @@ def _cli_threads(args, device: str) -> int | None:
 def _load(args):
     import torch
 
-    from .decode import lm_head_of
-    from .models import load_model
+    from ...decode import lm_head_of
+    from ..models import load_model
 
     device = _default_device(args)
     threads = _cli_threads(args, device)
@@ -262,7 +262,7 @@ def _reward_name(args, problem) -> str:
 
 def _reward(args, model, tokenizer, problem):
     """The reward ``--reward``/``--prompt``/``--format-rule`` ask for (``rewards.make_reward``)."""
-    from .rewards import make_reward
+    from ...rewards import make_reward
 
     return make_reward(
         args.reward,
@@ -277,8 +277,8 @@ def _reward(args, model, tokenizer, problem):
 
 
 def _judge(problem, text, style):
-    from .extract import extract_answer
-    from .judge import is_correct
+    from ..extract import extract_answer
+    from ..judge import is_correct
 
     pred = extract_answer(text, problem.dataset, style)
     return pred, (problem.gold is not None and is_correct(pred, problem.gold, problem.dataset))
@@ -291,7 +291,7 @@ class _RunProgress:
         self.stream = stream or sys.stdout
 
     def __call__(self, event) -> None:
-        from .engine import IterationDone, OriginalDone, OriginalToken
+        from ...engine import IterationDone, OriginalDone, OriginalToken
 
         out = self.stream
         if isinstance(event, OriginalToken):
@@ -317,8 +317,8 @@ def _run_problem(args):
     ``--gold`` belongs to ``--problem``: with a demo problem it is an error, not ignored (the
     demo keeps its own ground truth). ``--reward psrm`` needs a gold answer. All before loading.
     """
-    from .data import Problem
-    from .demo import demo_problems
+    from ..data import Problem
+    from ..demo import demo_problems
 
     if args.gold is not None and not args.gold.strip():
         raise CLIError(f"--gold {args.gold!r}: expected a non-empty answer")
@@ -345,7 +345,7 @@ def _run_problem(args):
 
 
 def cmd_run(args) -> int:
-    from .loop import seek
+    from ...loop import seek
 
     problem = _run_problem(args)
     _preflight(args)
@@ -451,7 +451,7 @@ class _EvalProgress:
         self.tokens = self.done = self.original_ok = self.ok = 0
 
     def __call__(self, event) -> None:
-        from .engine import IterationDone, OriginalDone
+        from ...engine import IterationDone, OriginalDone
 
         if isinstance(event, OriginalDone):
             self.tokens += event.length
@@ -481,8 +481,8 @@ class _EvalProgress:
 
 def _check_rows_match_files(out: str, problems) -> None:
     """On ``--resume``: the rows of ``out`` and of its rank shards must come from this data file."""
-    from .dist import find_shards
-    from .results import read_results
+    from ..results import read_results
+    from ..torchrun import find_shards
 
     for path in [out, *find_shards(out)]:
         _check_rows_match(read_results(path), problems, path)
@@ -519,7 +519,7 @@ def _check_gold(args, problems, selected: list[int]) -> None:
 
 def _interrupted(path: str) -> str:
     """``eval``'s line after Ctrl-C: how many rows ``path`` holds and how to finish."""
-    from .results import ResultsError, read_results
+    from ..results import ResultsError, read_results
 
     if not os.path.exists(path):
         return f"no rows were written (no {path} is left behind); run the same command again"
@@ -538,9 +538,9 @@ def cmd_eval(args) -> int:
     problems into its own file and rank 0 merges them (``dist.sharded_results``). Ctrl-C ends
     with one line saying how many rows the file holds (``Interrupted``).
     """
-    from .data import load_problems
-    from .dist import sharded_results
-    from .results import format_summary, summarize
+    from ..data import load_problems
+    from ..results import format_summary, summarize
+    from ..torchrun import sharded_results
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size {args.batch_size}: expected an integer >= 1")
@@ -600,8 +600,8 @@ def cmd_eval(args) -> int:
 
 def _eval_problems(args, config, model, tok, batch, run) -> None:
     """Seek ``batch`` (this rank's problems, ``run.todo`` order) and append each row as it ends."""
-    from .engine import iter_seek
-    from .loop import seek
+    from ...engine import iter_seek
+    from ...loop import seek
 
     rewards = [_reward(args, model, tok, p) for p in batch]
     progress = _EvalProgress(len(batch), enabled=run.env.is_main)
@@ -621,7 +621,7 @@ def _eval_problems(args, config, model, tok, batch, run) -> None:
 
 def cmd_report(args) -> int:
     """The paper's table per data set, and test-time-scaling and reward PNGs (``report.py``)."""
-    from .report import write_report
+    from ..report import write_report
 
     write_report([args.results] + ([args.compare] if args.compare else []), out=args.out)
     return 0

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentseek_fast import results as R
+from latentseek_fast.app import results as R
 
 
 def _row(i: int, **kw) -> dict:
@@ -276,7 +276,7 @@ def data_file(tmp_path_factory):
 
 
 def _eval_cmd(tiny_model_dir, data_file, out, *extra):
-    head = [sys.executable, "-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir]
+    head = [sys.executable, "-m", "latentseek_fast", "eval", "--model", tiny_model_dir]
     head += ["--data", data_file]
     return [*head, "--out", str(out), *FAST, *extra]
 

@@ -13,9 +13,9 @@ import threading
 import pytest
 from conftest import data_file
 
-from latentseek_fast.data import gsm8k_gold, load_problems
-from latentseek_fast.extract import extract_answer, last_boxed
-from latentseek_fast.judge import is_correct, normalize_math_string
+from latentseek_fast.app.data import gsm8k_gold, load_problems
+from latentseek_fast.app.extract import extract_answer, last_boxed
+from latentseek_fast.app.judge import is_correct, normalize_math_string
 
 CROSS_PAIRS = 300  # math-verify costs ~10 ms a pair on a busy 2-core CPU: ~3 s
 

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latentseek_fast import cli, report  # noqa: E402
+from latentseek_fast.app import cli, report  # noqa: E402
 
 
 def _row(index, dataset, rewards, iter_correct, original_length, final_length):

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from latentseek_fast import cli
+from latentseek_fast.app import cli
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def no_load(monkeypatch):
     def load_model(*a, **k):
         raise AssertionError("the model was loaded before the error was reported")
 
-    monkeypatch.setattr("latentseek_fast.models.load_model", load_model)
+    monkeypatch.setattr("latentseek_fast.app.models.load_model", load_model)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_model_missing_directory(no_load, data_file, tmp_path, capsys):
 def test_model_unreachable_hub_name_is_one_line(tmp_path):
     """A name that looks like a Hub id can only be tried; offline, the OSError becomes one line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    cmd = [sys.executable, "-m", "latentseek_fast.cli", "run", "--model", "no-such-org/no-such-model"]
+    cmd = [sys.executable, "-m", "latentseek_fast", "run", "--model", "no-such-org/no-such-model"]
     proc = subprocess.run(cmd + ["--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
