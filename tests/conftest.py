@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def data_file(name: str) -> Path:
         if path.is_file():
             return path
     pytest.skip(f"{name} not found: no shared/data/{name} beside {REPO} or its parents; set LATENTSEEK_DATA")
+
+
+def write_jsonl(path, rows) -> Path:
+    """``rows`` written to ``path`` as JSON lines (a data or results file for a test)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 @pytest.fixture(scope="session")

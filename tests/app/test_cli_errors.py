@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from latentseek_fast.app import cli
 
@@ -207,7 +208,7 @@ def test_triton_interpreter_on_a_real_head_is_refused(no_load, monkeypatch, data
 def test_start_past_the_data_leaves_no_file(no_load, tmp_path, capsys):
     data = tmp_path / "three.jsonl"
     rows = [{"question": f"Q{i}?", "answer": f"#### {i}"} for i in range(3)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     out = tmp_path / "r.jsonl"
     for start in ("10", "3"):
         assert _eval(str(data), out, "--start", start) == 2
@@ -224,7 +225,7 @@ def test_psrm_names_the_rows_without_gold(no_load, tmp_path, capsys):
         {"id": "a", "question": "Q0?", "answer": "#### 1"},
         {"id": "b", "question": "Q1?", "answer": None},
     ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     assert _eval(str(data), tmp_path / "r.jsonl", "--reward", "psrm") == 2
     _one_line(capsys, f"--reward psrm: row 1 (id 'b') of {data} has no gold answer")
     assert not (tmp_path / "r.jsonl").exists()

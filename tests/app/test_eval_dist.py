@@ -8,12 +8,12 @@ same rows. Timings differ between runs and are left out of the comparisons.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import write_jsonl
 
 from latentseek_fast.app.results import read_results
 
@@ -26,10 +26,8 @@ VOLATILE = ("timings", "seconds", "reused")
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [{"question": f"What is {i} + {2 * i}?", "answer": f"#### {3 * i}"} for i in range(5)]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(p)
+    return str(write_jsonl(tmp_path_factory.mktemp("data") / "mini.jsonl", rows))
 
 
 def _eval(tiny_model_dir, data_file, out, *extra, nproc=None):
