@@ -21,6 +21,7 @@ _EXPORTS = {
     "latent_adam_": "latentseek_fast.ops.latent_adam",
     "ext_available": "latentseek_fast._ext",
     "load_model": "latentseek_fast.app.models",
+    "load_problems": "latentseek_fast.app.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
