@@ -22,6 +22,9 @@ from setuptools import setup
 
 PACKAGES = [
     "latentseek_fast",
+    "latentseek_fast.app",
+    "latentseek_fast.app.cli",
+    "latentseek_fast.app.torchrun",
     "latentseek_fast.engine",
     "latentseek_fast.ops",
     "latentseek_fast.rewards",
@@ -139,10 +142,10 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"latentseek_fast": ["demo_problems.jsonl"]},
+    package_data={"latentseek_fast.app": ["demo_problems.jsonl"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.cli:main"]},
+    entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.app.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

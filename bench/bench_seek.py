@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, baseline, compat  # noqa: E402
+from latentseek_fast.app.models import load_model  # noqa: E402
 from latentseek_fast.loop import PhaseClock, seek, seek_loop  # noqa: E402
-from latentseek_fast.models import load_model  # noqa: E402
 from latentseek_fast.prompts import build_prompt  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"

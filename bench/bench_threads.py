@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, time_fn, write_rows  # noqa: E402
 
 from latentseek_fast import decode  # noqa: E402
-from latentseek_fast.models import load_model  # noqa: E402
+from latentseek_fast.app.models import load_model  # noqa: E402
 
 SHAPES = {"1x1": (1, 1), "1x9": (1, 9), "8x1": (8, 1)}
 

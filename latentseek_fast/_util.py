@@ -43,6 +43,14 @@ def check_int(name: str, value, *, low: int = 1, allow_none: bool = False, note:
     return value
 
 
+def check_choice(name: str, value, allowed):
+    """``value`` if it is one of ``allowed``, else a ValueError naming ``name``, the value and the
+    allowed values."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: allowed values are {allowed}")
+    return value
+
+
 # Numeric ranges accepted by the ops, SeekConfig and the seek loop, chosen so fp32 cannot
 # overflow. Per latent element |d log pi / dh| <= 2 max|W| / T (sum_v |pi_v - [v == tok]| <= 2),
 # so a gradient reward * direction is at most 2 |r| max|W| / T, and Adam squares it: fp32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,10 +58,17 @@ def data_file(name: str) -> Path:
     pytest.skip(f"{name} not found: no shared/data/{name} beside {REPO} or its parents; set LATENTSEEK_DATA")
 
 
+def write_jsonl(path, rows) -> Path:
+    """``rows`` written to ``path`` as JSON lines (a data or results file for a test)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smol():
     """``(model, tokenizer)``: the embedded SmolLM2-135M-Instruct, fp32 (first use converts the GGUF)."""
-    from latentseek_fast.models import load_model
+    from latentseek_fast.app.models import load_model
 
     torch.manual_seed(0)
     return load_model(None, dtype="float32")

@@ -8,7 +8,7 @@ import pytest
 
 from latentseek_fast import decode_batch, drafts
 from latentseek_fast._util import check_int
-from latentseek_fast.data import Problem
+from latentseek_fast.app.data import Problem
 from latentseek_fast.engine.decoder import HFDecoder
 from latentseek_fast.engine.scheduler import Engine
 from latentseek_fast.rewards.self_reward import SelfReward

@@ -407,7 +407,7 @@ def test_input_order_and_each_index_once(llama64, tokenizer):
 
 
 def test_default_reward_is_each_problems_psrm(llama64, tokenizer):
-    from latentseek_fast.data import Problem
+    from latentseek_fast.app.data import Problem
 
     pairs = (("Add 7 and 8.", "15"), ("Name a prime.", "7"))
     problems = [Problem(id=str(i), question=q, gold=g, dataset="gsm8k") for i, (q, g) in enumerate(pairs)]
@@ -492,7 +492,7 @@ def _gsm8k_path() -> Path | None:
 def test_seek_many_on_the_embedded_model(smol):
     """4 GSM8K problems, batch 4, fp32: the same answers and reward histories as seek(); a token
     that differs must be a near-tie of seek()'s own decoding (conftest.assert_same_or_near_tie)."""
-    from latentseek_fast.data import load_problems
+    from latentseek_fast.app.data import load_problems
     from latentseek_fast.prompts import build_prompt
 
     path = _gsm8k_path()

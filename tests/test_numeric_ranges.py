@@ -9,7 +9,7 @@ from conftest import overflow_updates
 from latentseek_fast import SeekConfig, latent_adam_, latent_policy_grad, seek
 from latentseek_fast._ext import ext_available
 from latentseek_fast._util import LR_MAX, REWARD_MAX, TEMPERATURE_MIN
-from latentseek_fast.data import Problem
+from latentseek_fast.app.data import Problem
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
 IMPLS = ["torch"] + (["native"] if ext_available() else [])

@@ -17,7 +17,7 @@ import re
 
 from .. import decode_batch
 from .._util import check_int
-from ..extract import last_boxed
+from ..app.extract import last_boxed
 from ..prompts import render_chat
 from .base import Reward
 

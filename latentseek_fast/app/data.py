@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._util import check_choice
+
 __all__ = [
     "DATASETS",
     "DEFAULT_FIELDS",
@@ -61,9 +63,8 @@ def _option(names: dict, key: str, value) -> str:
 
 
 def check_dataset(dataset: str) -> str:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: allowed values are {DATASETS}")
-    return dataset
+    """``dataset`` if it is one of ``DATASETS``, else a ValueError naming the allowed values."""
+    return check_choice("dataset", dataset, DATASETS)
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -93,7 +94,7 @@ class Problem:
 
 
 def _read_arrow_file(path: Path) -> list[dict]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: only for Arrow files
 
     try:  # datasets writes the streaming format
         with pa.memory_map(str(path)) as src:
@@ -104,7 +105,7 @@ def _read_arrow_file(path: Path) -> list[dict]:
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: only for Parquet files
 
     return pq.read_table(str(path)).to_pylist()
 

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, write_jsonl
 
-from latentseek_fast import cli
+from latentseek_fast.app import cli
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,10 @@ def model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [
         {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(4)
     ]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(p)
+    return str(write_jsonl(tmp_path_factory.mktemp("data") / "mini.jsonl", rows))
 
 
 FAST = ["--max-new-tokens", "6", "--max-steps", "1", "--rho", "0.5", "--threads", "1"]
@@ -83,7 +81,7 @@ def test_null_gold_is_scored_with_self_reward_and_said(model_dir, tmp_path, caps
         {"id": "a", "question": "What is 1 + 1?", "answer": "#### 2"},
         {"id": "b", "question": "What is 2 + 2?", "answer": None},
     ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     out = tmp_path / "res.jsonl"
     argv = ["eval", "--model", model_dir, "--data", str(data), "--out", str(out), "--json", *FAST]
     assert cli.main([*argv, "--verifier-tokens", "2"]) == 0
@@ -101,7 +99,7 @@ def test_eval_fields_and_split_from_the_command_line(model_dir, tmp_path):
     for split, n in (("train", 1), ("dev", 2)):
         (folder / split).mkdir(parents=True)
         rows = [{"q": f"What is {i} + {i}?", "a": str(2 * i)} for i in range(n)]
-        (folder / split / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(folder / split / "rows.jsonl", rows)
     (folder / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "dev"]}))
     out = tmp_path / "res.jsonl"
     flags = ["--dataset", "gsm8k", "--question-field", "q", "--answer-field", "a", "--split", "dev"]
@@ -120,7 +118,7 @@ def test_ctrl_c_during_eval_is_one_line_and_resume_finishes(model_dir, tmp_path)
     exit status 130, no traceback; ``--resume`` then finishes the run."""
     data = tmp_path / "many.jsonl"  # far more than can finish between the first row and the signal
     rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(2000)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     out = tmp_path / "res.jsonl"
     argv = ["eval", "--model", model_dir, "--data", str(data), "--out", str(out), "--batch-size", "1", *FAST]
     proc = subprocess.Popen(

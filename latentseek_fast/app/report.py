@@ -36,6 +36,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .results import read_results, summarize
+
 __all__ = [
     "Run",
     "ScalingUnavailable",
@@ -90,8 +92,6 @@ def load_runs(path: str | os.PathLike, label: str | None = None) -> tuple[list[R
     other contents starts a new run (files joined one after another), and the runs are labelled
     ``label#1``, ``label#2``, ... (a note says where each starts).
     """
-    from .results import read_results
-
     path = os.fspath(path)
     label = label or os.path.basename(path)
     if not os.path.exists(path):
@@ -141,8 +141,6 @@ def _group_label(run_label: str, dataset: str) -> str:
 
 def table(rows: Sequence[dict]) -> list[dict]:
     """The paper's table: one summary (the results module's ``summarize``) per data set."""
-    from .results import summarize
-
     return [{"dataset": name, **summarize(group)} for name, group in _by_dataset(rows).items()]
 
 
@@ -240,7 +238,7 @@ def figure_paths(out: str | os.PathLike) -> tuple[str, str]:
 
 def _figure(**kwargs):
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional (the [report] extra): only to draw
     except ImportError as exc:
         raise RuntimeError(
             f"the report's plots need matplotlib ({exc}): pip install 'latentseek-fast[report]'"

@@ -87,7 +87,7 @@ def _is_complete(d: Path) -> bool:
 
 def _load_gguf(gguf: Path):
     """``(model, tokenizer)`` parsed and dequantised from ``gguf`` (fp32; the slow step)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only to load a model
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -203,7 +203,7 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PR
 def _hub_reachable(timeout: float = 3.0) -> str | None:
     """None when a TCP connection to the Hub endpoint (``HF_ENDPOINT``) opens within ``timeout``
     seconds, else why not. Behind a proxy the connection is the proxy's business: None."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # comes with transformers: imported only here
 
     if any(os.environ.get(v) for v in _PROXY_VARS):
         return None
@@ -224,7 +224,7 @@ def hub_unavailable_reason(name: str) -> str | None:
     only fail, and only after transformers has retried for about a minute (measured: 56 s
     offline, for ``--model nonexist``): the reason says which.
     """
-    import huggingface_hub
+    import huggingface_hub  # comes with transformers: imported only here
     from huggingface_hub import constants, try_to_load_from_cache
 
     try:
@@ -271,7 +271,7 @@ def head_shape(name: str | None) -> tuple[int, int] | None:
         return _config_head_shape(entry / "config.json") if entry is not None else None
     if os.path.isdir(path):
         return _config_head_shape(Path(path) / "config.json")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # comes with transformers: imported only here
 
     try:
         cached = try_to_load_from_cache(path, "config.json")
@@ -301,7 +301,7 @@ def load_model(
     the local Hugging Face cache while the Hub is offline raises ``OSError`` at once
     (``hub_unavailable_reason``), instead of after transformers' minute of retries.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only to load a model
 
     torch_dtype = parse_dtype(dtype)
     path = resolve_model_path(name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from latentseek_fast import models
+from latentseek_fast.app import models
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):

@@ -4,7 +4,6 @@ several data sets or several runs; the report's user errors as real processes.""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latentseek_fast import cli, report  # noqa: E402
+from conftest import write_jsonl
+
+from latentseek_fast.app import cli, report  # noqa: E402
 
 
 def _row(index, dataset, rewards, iter_correct, original_length, final_length):
@@ -42,14 +43,9 @@ ROWS = [  # written out of order; the report sorts by index
 ]
 
 
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture
 def results(tmp_path):
-    return _write(tmp_path / "psrm.jsonl", ROWS)
+    return write_jsonl(tmp_path / "psrm.jsonl", ROWS)
 
 
 def _one_run(path):
@@ -113,7 +109,7 @@ def test_pngs_draw_the_series(results, tmp_path, monkeypatch):
     save = report._save
     monkeypatch.setattr(report, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
     wrong = [r | {"correct": F, "original_correct": F, "iter_correct": [F] * len(r["rewards"])} for r in ROWS]
-    other = _write(tmp_path / "self.jsonl", wrong)  # a run that never gets an answer right
+    other = write_jsonl(tmp_path / "self.jsonl", wrong)  # a run that never gets an answer right
     lines = []
     out = report.write_report([str(results), str(other)], out=str(tmp_path / "rep.png"), echo=lines.append)
     assert out["scaling"] == str(tmp_path / "rep_scaling.png") and out["rewards"] == str(
@@ -146,7 +142,7 @@ def test_pngs_draw_the_series(results, tmp_path, monkeypatch):
 
 
 def test_old_rows_give_the_table_but_no_scaling(tmp_path):
-    old = _write(tmp_path / "old.jsonl", _old(ROWS))
+    old = write_jsonl(tmp_path / "old.jsonl", _old(ROWS))
     run = _one_run(old)
     with pytest.raises(report.ScalingUnavailable, match=r"5 of 5 rows .*iter_correct.*Run eval again"):
         report.scaling_series(run.rows)
@@ -217,7 +213,7 @@ def _one_line_error(proc, *needles):
 
 def test_a_file_joining_two_data_sets_keeps_both(tmp_path, monkeypatch):
     """``cat gsm8k.jsonl math500.jsonl > both.jsonl``: both data sets number their problems from 0."""
-    both = _write(tmp_path / "both.jsonl", GSM + MATH)
+    both = write_jsonl(tmp_path / "both.jsonl", GSM + MATH)
     proc = _report(both, "--out", tmp_path / "cli.png")
     assert proc.returncode == 0, proc.stderr
     assert "| gsm8k | 3 | 33.3 | 66.7 |" in proc.stdout and "| math500 | 2 | 50.0 | 50.0 |" in proc.stdout
@@ -255,7 +251,7 @@ def test_a_file_joining_two_runs_and_copies(tmp_path):
     """``cat psrm.jsonl self.jsonl psrm.jsonl``: two runs of the same problems, then a copy of the
     first; every run gets its table rows and its plots, and what was merged is said."""
     wrong = [r | {"correct": F, "original_correct": F, "iter_correct": [F] * len(r["rewards"])} for r in GSM]
-    joined = _write(tmp_path / "joined.jsonl", GSM + MATH + wrong + GSM[:2])
+    joined = write_jsonl(tmp_path / "joined.jsonl", GSM + MATH + wrong + GSM[:2])
     notes = [
         "joined.jsonl: 2 runs one after another (a problem comes again with other results at line 6 "
         "(gsm8k 0, first at line 1)): reported as joined.jsonl#1, joined.jsonl#2",
@@ -281,11 +277,13 @@ def test_accuracy_axis_never_negative(tmp_path, monkeypatch):
     save = report._save
     monkeypatch.setattr(report, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
     wrong = [r | {"correct": F, "original_correct": F, "iter_correct": [F] * len(r["rewards"])} for r in GSM]
-    report.write_report([str(_write(tmp_path / "w.jsonl", wrong))], out=str(tmp_path / "w.png"), echo=print)
+    path = write_jsonl(tmp_path / "w.jsonl", wrong)
+    report.write_report([str(path)], out=str(tmp_path / "w.png"), echo=print)
     lo, hi = figs[0].axes[0].get_ylim()
     assert lo == 0.0 and 0.0 < hi <= 100.0
     right = [r | {"correct": T, "original_correct": T, "iter_correct": [T] * len(r["rewards"])} for r in GSM]
-    report.write_report([str(_write(tmp_path / "r.jsonl", right))], out=str(tmp_path / "r.png"), echo=print)
+    path = write_jsonl(tmp_path / "r.jsonl", right)
+    report.write_report([str(path)], out=str(tmp_path / "r.png"), echo=print)
     lo, hi = figs[2].axes[0].get_ylim()
     assert 0.0 <= lo < 100.0 and hi == 100.0
 

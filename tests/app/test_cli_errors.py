@@ -8,8 +8,9 @@ import time
 
 import pytest
 import torch
+from conftest import write_jsonl
 
-from latentseek_fast import cli
+from latentseek_fast.app import cli
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def no_load(monkeypatch):
     def load_model(*a, **k):
         raise AssertionError("the model was loaded before the error was reported")
 
-    monkeypatch.setattr("latentseek_fast.models.load_model", load_model)
+    monkeypatch.setattr("latentseek_fast.app.models.load_model", load_model)
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_model_missing_directory(no_load, data_file, tmp_path, capsys):
 def test_model_unreachable_hub_name_is_one_line(tmp_path):
     """A name that looks like a Hub id can only be tried; offline, the OSError becomes one line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    cmd = [sys.executable, "-m", "latentseek_fast.cli", "run", "--model", "no-such-org/no-such-model"]
+    cmd = [sys.executable, "-m", "latentseek_fast", "run", "--model", "no-such-org/no-such-model"]
     proc = subprocess.run(cmd + ["--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -207,7 +208,7 @@ def test_triton_interpreter_on_a_real_head_is_refused(no_load, monkeypatch, data
 def test_start_past_the_data_leaves_no_file(no_load, tmp_path, capsys):
     data = tmp_path / "three.jsonl"
     rows = [{"question": f"Q{i}?", "answer": f"#### {i}"} for i in range(3)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     out = tmp_path / "r.jsonl"
     for start in ("10", "3"):
         assert _eval(str(data), out, "--start", start) == 2
@@ -224,7 +225,7 @@ def test_psrm_names_the_rows_without_gold(no_load, tmp_path, capsys):
         {"id": "a", "question": "Q0?", "answer": "#### 1"},
         {"id": "b", "question": "Q1?", "answer": None},
     ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data, rows)
     assert _eval(str(data), tmp_path / "r.jsonl", "--reward", "psrm") == 2
     _one_line(capsys, f"--reward psrm: row 1 (id 'b') of {data} has no gold answer")
     assert not (tmp_path / "r.jsonl").exists()

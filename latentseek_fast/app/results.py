@@ -1,10 +1,13 @@
-"""Results files: the one module that reads, checks, locks, appends and merges them.
+"""Results files and their rows: the one module that says what a row holds, and that reads,
+checks, locks, appends and merges the files.
 
 A results file is JSONL: one JSON object per problem, each line ending in ``\\n``. Every row
 carries the problem's ``index`` in its data file (its first key) and the keys of ``ROW_KEYS``;
-``eval`` adds answers, predictions, rewards and timings. Rows may come in any order (a batched
-engine finishes problems out of order, torchrun ranks write shards); an index appears at most
-once in a file written here.
+``eval`` writes ``eval_row``'s row (answers, predictions, rewards and timings besides).
+Rows may come in any order (a batched engine finishes problems out of order, torchrun ranks
+write shards); an index appears at most once in a file written here. The row schema, the file
+format and its one writer are kept in this one module (about 440 lines) so that every rule about
+a results file has one home.
 
 What the module guarantees:
 
@@ -32,6 +35,8 @@ import os
 import stat
 from collections.abc import Iterable
 
+from .judge import judge_reply
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no flock
@@ -42,6 +47,7 @@ __all__ = [
     "ResultsError",
     "ResultsWriter",
     "check_row",
+    "eval_row",
     "format_summary",
     "merge",
     "read_results",
@@ -85,6 +91,41 @@ def check_row(row, where: str = "row") -> dict:
             want = "a bool" if types == (bool,) else "a string" if types == (str,) else "an integer >= 0"
             raise ResultsError(f"{where}: {key}={v!r}: expected {want}; not a results row")
     return row
+
+
+def eval_row(index: int, problem, result, *, style: str, reward: str) -> dict:
+    """The results row ``eval`` writes for ``problem`` (row ``index`` of its data file) from its
+    ``SeekResult``: answers, every iteration's prediction and correctness (``iter_preds`` and
+    ``iter_correct``, aligned with ``rewards``; what ``report`` plots), the ``reward`` it was scored
+    with (``psrm`` or ``self``), lengths, timings. ``style`` is the prompt style answers are read in.
+    """
+    judged = [judge_reply(text, problem.gold, problem.dataset, style) for text in result.texts]
+    return {
+        "index": index,
+        "id": problem.id,
+        "dataset": problem.dataset,
+        "question": problem.question,
+        "gold": problem.gold,
+        "original_answer": result.original_answer,
+        "answer": result.answer,
+        "original_pred": judged[0][0],
+        "pred": judged[-1][0],
+        "original_correct": judged[0][1],
+        "correct": judged[-1][1],
+        "iter_preds": [pred for pred, _ in judged],
+        "iter_correct": [ok for _, ok in judged],
+        "reward": reward,
+        "rewards": result.rewards,
+        "iterations": result.iterations,
+        "stopped": result.stopped,
+        "original_length": result.original_length,
+        "final_length": result.final_length,
+        "update_length": result.update_length,
+        "backend": result.backend,
+        "reused": result.reused,
+        "timings": result.timings,
+        "seconds": sum(result.timings.values()),
+    }
 
 
 def _encode(row: dict) -> bytes:
