@@ -113,7 +113,7 @@ def _extensions():
 # versions on every run and is the alarm when a release breaks us.
 INSTALL_REQUIRES = [
     "torch>=2.13",  # the only CPU build this project's machines can install; older is untested
-    "transformers>=5.25",  # 5.0 lacks the cache calls the engine makes; 5.5-5.24 fail tests (docs/dependencies.md)
+    "transformers>=5.25",  # 5.0-5.24 fail the suite (docs/dependencies.md)
     "tqdm>=4.66",
     "gguf>=0.16",  # the first whose reader runs on numpy 2 (earlier: ndarray.newbyteorder)
     "accelerate>=1.2",  # transformers 5.0 imports accelerate's get_module_size_with_ties
