@@ -23,6 +23,9 @@ from setuptools import setup
 PACKAGES = [
     "latentseek_fast",
     "latentseek_fast.decoding",
+    "latentseek_fast.app",
+    "latentseek_fast.app.cli",
+    "latentseek_fast.app.torchrun",
     "latentseek_fast.engine",
     "latentseek_fast.ops",
     "latentseek_fast.rewards",
@@ -111,13 +114,13 @@ def _extensions():
 # versions on every run and is the alarm when a release breaks us.
 INSTALL_REQUIRES = [
     "torch>=2.13",  # the only CPU build this project's machines can install; older is untested
-    "transformers>=5.0",  # 5.x cache API (docs/notes.md)
+    "transformers>=5.25",  # 5.0-5.24 fail the suite (docs/dependencies.md)
     "tqdm>=4.66",
-    "gguf>=0.10",  # transformers' GGUF loader requires 0.10
-    "accelerate>=1.1",
-    "math-verify>=0.7",
+    "gguf>=0.16",  # the first whose reader runs on numpy 2 (earlier: ndarray.newbyteorder)
+    "accelerate>=1.2",  # transformers 5.0 imports accelerate's get_module_size_with_ties
+    "math-verify>=0.8",  # 0.7 fails the suite's judge test outside the main thread
     "pyarrow>=16",  # the first release built for numpy 2
-    "triton>=3.6; platform_system == 'Linux'",  # the GPU image's version
+    "triton>=3.7; platform_system == 'Linux'",  # 3.6's interpreter fails on numpy 2 (docs/dependencies.md)
 ]
 EXTRAS_REQUIRE = {
     "test": [
@@ -140,10 +143,10 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"latentseek_fast": ["demo_problems.jsonl"]},
+    package_data={"latentseek_fast.app": ["demo_problems.jsonl"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.cli:main"]},
+    entry_points={"console_scripts": ["latentseek-fast=latentseek_fast.app.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import bench_device, markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, seek, seek_many  # noqa: E402
-from latentseek_fast.data import load_problems  # noqa: E402
-from latentseek_fast.models import load_model  # noqa: E402
+from latentseek_fast.app.data import load_problems  # noqa: E402
+from latentseek_fast.app.models import load_model  # noqa: E402
 from latentseek_fast.prompts import build_prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, write_rows  # noqa: E402
 
-from latentseek_fast import SeekConfig, baseline, compat  # noqa: E402
-from latentseek_fast.loop import PhaseClock, seek, seek_loop  # noqa: E402
-from latentseek_fast.models import load_model  # noqa: E402
+from latentseek_fast import SeekConfig, baseline, compat, seek  # noqa: E402
+from latentseek_fast.app.models import load_model  # noqa: E402
+from latentseek_fast.engine.sequential import continue_seek  # noqa: E402
 from latentseek_fast.prompts import build_prompt  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
@@ -81,21 +81,22 @@ def bench_iteration(model, tok, question, tokens: int, repeats: int) -> list[dic
                     latent_dtype="model" if backend == "reference" else "fp32",
                 )
                 out, dt = _timed(
-                    lambda cfg=cfg: seek_loop(
+                    lambda cfg=cfg: continue_seek(
                         model,
                         tok,
-                        prompt_ids=ids[:, :P],
+                        question="",
+                        prompt_ids=ids[0, :P].tolist(),
                         answer_ids=ids[0, P:].tolist(),
                         latents=latents,
+                        answer_text="",
                         r0=-1.0,
-                        score=lambda t: -1.0,
+                        reward=lambda q, a: -1.0,
                         config=cfg,
                         cont_stop=frozenset(),
-                        cont_max_tokens=tokens,
-                        clock=PhaseClock(),
+                        cont_cap=tokens,
                     )
                 )
-                text = out.text
+                text = out.answer
             times.append(dt)
         texts[way] = text
         med = sorted(times)[len(times) // 2]

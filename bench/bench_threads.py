@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, time_fn, write_rows  # noqa: E402
 
+from latentseek_fast.app.models import load_model  # noqa: E402
 from latentseek_fast.decoding.model import cache_keyword, lm_head_of, new_cache, truncate_cache  # noqa: E402
-from latentseek_fast.models import load_model  # noqa: E402
 
 SHAPES = {"1x1": (1, 1), "1x9": (1, 9), "8x1": (8, 1)}
 

@@ -20,7 +20,8 @@ _EXPORTS = {
     "latent_policy_grad": "latentseek_fast.ops.latent_policy_grad",
     "latent_adam_": "latentseek_fast.ops.latent_adam",
     "ext_available": "latentseek_fast._ext",
-    "load_model": "latentseek_fast.models",
+    "load_model": "latentseek_fast.app.models",
+    "load_problems": "latentseek_fast.app.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -44,9 +44,10 @@ def check_int(name: str, value, *, low: int = 1, allow_none: bool = False, note:
 
 
 def check_choice(name: str, value, allowed):
-    """``value`` if it is one of ``allowed``, else a ValueError ``name=value: allowed values are ...``."""
+    """``value`` if it is one of ``allowed``, else a ValueError naming ``name``, the value and the
+    allowed values."""
     if value not in allowed:
-        raise ValueError(f"{name}={value!r}: allowed values are {tuple(allowed)}")
+        raise ValueError(f"{name}={value!r}: allowed values are {allowed}")
     return value
 
 
@@ -59,6 +60,16 @@ def check_choice(name: str, value, allowed):
 # self-reward: -2..0) and sampling temperatures O(0.1..2), so the limits leave wide margins.
 REWARD_MAX = 1e6
 TEMPERATURE_MIN = 1e-4
+# Largest Adam learning rate SeekConfig accepts. Adam moves every latent element by about lr per
+# step (exactly lr at the first step; at most about lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr),
+# so K steps move it by up to ~3.2 lr K. The latents are post-final-norm hidden states with
+# elements of order 1 (embedded SmolLM2: RMS 1.9, largest 43 over a 64-token answer), and the
+# paper's lr is 0.03-0.05: at lr = 100 one step already moves each element ~50x the latents' RMS,
+# so larger values only replace the latents with noise (or are typos: 1e38, 3e2 for 3e-2). Within
+# the bound fp32 and bf16 latents and logits (|logit| <= |z|_max * sum|W_v|, sum|W_v| ~ 1e2) stay
+# finite for any realistic K; fp16 latents (max 65504) can still overflow after ~200 steps at the
+# bound, which the seek's per-step guard reports, naming lr.
+LR_MAX = 100.0
 
 
 def check_reward_range(name: str, value: float) -> float:

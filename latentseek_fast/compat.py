@@ -45,7 +45,9 @@ def original_generation(input_text, model, tokenizer, device):
     """
     lm_head_of(model)
     prompt_ids = tokenizer([input_text], return_tensors="pt").input_ids.to(device)
-    gen = greedy(model, prompt_ids[0].tolist(), stop=answer_stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP)
+    gen = greedy(
+        model, prompt_ids[0].tolist(), stop=answer_stop_ids(tokenizer), max_tokens=ORIGINAL_TOKEN_CAP
+    )
     kept = gen.ids[:-1] if gen.stopped_by == "stop" else gen.ids
     input_ids = torch.cat(
         [prompt_ids, torch.tensor([kept], dtype=torch.long, device=prompt_ids.device)], dim=1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ._util import TEMPERATURE_MIN
+from ._util import LR_MAX, TEMPERATURE_MIN
 from .backends import BACKENDS, MODES
 
 LATENT_DTYPES = ("fp32", "model")
@@ -24,12 +24,22 @@ def update_length(answer_length: int, rho: float, cap: int = MAX_UPDATE_LENGTH) 
     return min(int(rho * answer_length), cap)
 
 
+class ConfigError(ValueError):
+    """A ``SeekConfig`` field out of range: ``field``, the ``value`` given and what is ``allowed``
+    (so that the CLI can name its option instead of the field)."""
+
+    def __init__(self, field: str, value, allowed: str):
+        super().__init__(f"SeekConfig.{field}={value!r}: {allowed}")
+        self.field, self.value, self.allowed = field, value, allowed
+
+
 @dataclass
 class SeekConfig:
     """LatentSeek's knobs (``docs/algorithm.md``, "The seek loop"); defaults are the paper's.
 
-    - ``lr``: Adam learning rate (eta). ``rho``: fraction of the answer's latents optimised
-      (the research code's ``k``); ``L = update_length(T, rho, max_update_length)``.
+    - ``lr``: Adam learning rate (eta), ``0 < lr <= 100`` (``_util.LR_MAX`` says why). ``rho``:
+      fraction of the answer's latents optimised (the research code's ``k``);
+      ``L = update_length(T, rho, max_update_length)``.
     - ``max_steps``: K. ``reward_threshold``: tau; a step runs only while reward <= tau.
     - ``max_new_tokens``: cap of the original generation and of each continuation.
     - ``grad_clip``: total gradient-norm clip (None or 0: off, as in the research code).
@@ -73,7 +83,7 @@ class SeekConfig:
 
     def validate(self) -> None:
         def bad(name, allowed):
-            raise ValueError(f"SeekConfig.{name}={getattr(self, name)!r}: {allowed}")
+            raise ConfigError(name, getattr(self, name), allowed)
 
         for name in ("lr", "rho", "reward_threshold", "temperature"):
             v = getattr(self, name)
@@ -84,8 +94,12 @@ class SeekConfig:
                 or v in (float("inf"), float("-inf"))
             ):
                 bad(name, "expected a finite number")
-        if self.lr <= 0:
-            bad("lr", "expected > 0")
+        if not 0 < self.lr <= LR_MAX:
+            bad(
+                "lr",
+                f"expected 0 < lr <= {LR_MAX:g} (Adam moves every latent element by about lr per step; "
+                "the latents' elements are of order 1 and the paper uses 0.03-0.05)",
+            )
         if not 0 <= self.rho <= 1:
             bad("rho", "expected 0 <= rho <= 1")
         if not self.temperature >= TEMPERATURE_MIN:

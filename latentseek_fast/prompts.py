@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import warnings
 
-from .data import check_dataset
-from .extract import ANSWER_STYLES
+from .app.data import check_dataset
+from .app.extract import ANSWER_STYLES
 
 STYLES = ANSWER_STYLES  # ("boxed", "json")
 

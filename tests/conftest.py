@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,10 +58,17 @@ def data_file(name: str) -> Path:
     pytest.skip(f"{name} not found: no shared/data/{name} beside {REPO} or its parents; set LATENTSEEK_DATA")
 
 
+def write_jsonl(path, rows) -> Path:
+    """``rows`` written to ``path`` as JSON lines (a data or results file for a test)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smol():
     """``(model, tokenizer)``: the embedded SmolLM2-135M-Instruct, fp32 (first use converts the GGUF)."""
-    from latentseek_fast.models import load_model
+    from latentseek_fast.app.models import load_model
 
     torch.manual_seed(0)
     return load_model(None, dtype="float32")
@@ -89,8 +98,10 @@ def make_tiny_model(
     tie: bool = True,
     dtype=torch.float32,
     sliding_window: int | None = None,
+    max_positions: int = 4096,
 ):
-    """A random decoder-only model that shares the embedded tokenizer's vocabulary.
+    """A random decoder-only model that shares the embedded tokenizer's vocabulary, with a
+    context of ``max_positions`` (``config.max_position_embeddings``).
 
     ``sliding_window``: every layer attends to that many positions only (``arch`` "qwen2", whose
     config lists ``layer_types``, or "mistral", whose config has no ``layer_types``)."""
@@ -111,7 +122,7 @@ def make_tiny_model(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
@@ -121,6 +132,43 @@ def make_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.eval()
+    return model
+
+
+class SmallTokenizer:
+    """Characters as ids 3..63 of a 64-token vocabulary, eos = 2: a seek at shapes small enough
+    for the Triton interpreter (the embedded tokenizer's 49152 tokens take minutes there)."""
+
+    eos_token, eos_token_id, pad_token_id = "<eos>", 2, 2
+
+    def __len__(self):
+        return 64
+
+    def encode(self, text):
+        return [3 + ord(c) % 61 for c in text]
+
+    def __call__(self, text, return_tensors=None):
+        ids = [self.encode(t) for t in text] if isinstance(text, list) else [self.encode(text)]
+        return SimpleNamespace(input_ids=torch.tensor(ids))
+
+    def decode(self, ids):
+        ids = [ids] if isinstance(ids, int) else ids
+        return "".join("<eos>" if i == 2 else chr(i) for i in ids if i >= 2)
+
+    def batch_decode(self, seqs):
+        return [self.decode(s) for s in seqs]
+
+
+def small_model(max_positions: int = 4096, stops: bool = False):
+    """A random model over SmallTokenizer's vocabulary; its greedy answer to "What is 2+3?" (12
+    tokens) runs past 100 tokens, or (``stops``) ends with eos after 10 tokens (the eos row of its
+    head made longer)."""
+    model = make_tiny_model(
+        vocab_size=64, hidden=32, layers=1, tie=False, seed=17, max_positions=max_positions
+    )
+    if stops:
+        with torch.no_grad():
+            model.lm_head.weight[2] *= 1.3
     return model
 
 
@@ -299,3 +347,33 @@ def assert_same_or_near_tie(
         f"{gap:.3g} >= {limit:.3g}: not a near-tie, a real disagreement"
     )
     return k
+
+
+def overflow_updates(monkeypatch):
+    """Make every latent update overflow (what too large an lr does to fp16 latents, say): the
+    fused steppers' ``latent_adam_`` and ``torch.optim.Adam.step`` (the reference stepper's) fill
+    the latents with inf after their own update."""
+    from latentseek_fast import steppers
+    from latentseek_fast.engine import latent
+
+    real_adam = steppers.latent_adam_
+
+    def adam(latents, *args, **kwargs):
+        real_adam(latents, *args, **kwargs)
+        latents.fill_(float("inf"))
+        if kwargs.get("master") is not None:
+            kwargs["master"].fill_(float("inf"))
+
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(steppers, "latent_adam_", adam)
+    monkeypatch.setattr(latent, "latent_adam_", adam)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)

@@ -7,12 +7,12 @@ import re
 import pytest
 
 from latentseek_fast._util import check_int
-from latentseek_fast.data import Problem
+from latentseek_fast.app.data import Problem
 from latentseek_fast.decoding import drafts
 from latentseek_fast.decoding.batch import greedy_generate_batch
 from latentseek_fast.decoding.greedy import greedy
 from latentseek_fast.decoding.slots import HFDecoder
-from latentseek_fast.engine.scheduler import Engine
+from latentseek_fast.engine.batched import Engine
 from latentseek_fast.rewards.self_reward import SelfReward
 
 

@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from conftest import AdamGradients, LatentDecisions, assert_same_or_near_tie, make_tiny_model
+from conftest import (
+    AdamGradients,
+    LatentDecisions,
+    SmallTokenizer,
+    assert_same_or_near_tie,
+    make_tiny_model,
+    small_model,
+)
 
 from latentseek_fast import baseline, compat
 from latentseek_fast.decoding.greedy import greedy
@@ -129,6 +136,28 @@ def test_early_exits(smol, prompt, originals):
         ScriptedRM(0.0), model, tok, "cpu", QUESTION, prompt, answer, states, ids
     )
     assert out == (answer, [0.0], len(states), len(tok.encode(answer)), int(0.1 * len(states)))
+
+
+@pytest.mark.parametrize("reward", [-1.0, 0.0])
+def test_update_length_past_the_answers_end_is_the_research_codes(reward):
+    """start_index + L past the answer's end (2 latents after start_index 8 of T = 10, L = 5): the
+    research code returns L = min(int(k * T), 300) all the same when no step runs (reward above the
+    threshold); when a step runs its loss indexes ``torch.arange(L)`` into the 2 latents and fails
+    with IndexError (the baseline reproduces both). compat returns the research code's L in both
+    cases and, where the research code fails, optimises the latents that exist, as seek does."""
+    model, tok = small_model(stops=True), SmallTokenizer()
+    answer, states, ids = baseline.original_generation("What is 2+3?", model, tok, "cpu")
+    assert len(states) == 10
+    kw = dict(start_index=8, max_num_steps=2, k=0.5, max_new_tokens=4, lr=0.5)
+    inputs = (model, tok, "cpu", QUESTION, "What is 2+3?", answer, states, ids)
+    ours = compat.optimized_generation(ScriptedRM(reward), *inputs, **kw)
+    assert ours[2] == 10 and ours[4] == 5
+    if reward == 0.0:
+        assert ours == baseline.optimized_generation(ScriptedRM(reward), *inputs, **kw)
+    else:
+        with pytest.raises(IndexError):
+            baseline.optimized_generation(ScriptedRM(reward), *inputs, **kw)
+        assert ours[1] == [-1.0, -1.0, -1.0]  # compat took its two steps
 
 
 def test_configure_validates():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_or_near_tie, make_tiny_model
+from conftest import assert_same_or_near_tie, make_tiny_model, overflow_updates
 
 import latentseek_fast as lsf
 from latentseek_fast.engine import (
@@ -284,7 +284,7 @@ def test_input_order_and_each_index_once(llama64, tokenizer):
 
 
 def test_default_reward_is_each_problems_psrm(llama64, tokenizer):
-    from latentseek_fast.data import Problem
+    from latentseek_fast.app.data import Problem
 
     pairs = (("Add 7 and 8.", "15"), ("Name a prime.", "7"))
     problems = [Problem(id=str(i), question=q, gold=g, dataset="gsm8k") for i, (q, g) in enumerate(pairs)]
@@ -337,11 +337,15 @@ def test_events_stream_each_problem_in_order(llama64, tokenizer):
 
 
 @pytest.mark.parametrize(
-    "kw,match",
-    [({"batch_size": 0}, "batch_size=0"), ({"on_event": 3}, "on_event=3"), ({"rho": 2.0}, "rho=2.0")],
+    "kw,error,match",
+    [
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"on_event": 3}, TypeError, "on_event=3"),
+        ({"rho": 2.0}, ValueError, "rho=2.0"),
+    ],
 )
-def test_bad_arguments_are_named(llama64, tokenizer, kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_are_named(llama64, tokenizer, kw, error, match):
+    with pytest.raises(error, match=match):
         lsf.iter_seek(llama64, tokenizer, QUESTIONS[:2], hashed_reward, **kw)
     with pytest.raises(ValueError, match="problems="):
         lsf.seek_many(llama64, tokenizer, "What is 2+3?", hashed_reward)
@@ -365,7 +369,7 @@ def _gsm8k_path() -> Path | None:
 def test_seek_many_on_the_embedded_model(smol):
     """4 GSM8K problems, batch 4, fp32: the same answers and reward histories as seek(); a token
     that differs must be a near-tie of seek()'s own decoding (conftest.assert_same_or_near_tie)."""
-    from latentseek_fast.data import load_problems
+    from latentseek_fast.app.data import load_problems
     from latentseek_fast.prompts import build_prompt
 
     path = _gsm8k_path()
@@ -566,10 +570,10 @@ def test_self_reward_verifier_rows_drafted(tokenizer, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
-def test_numeric_guard_names_problem_and_step(tokenizer, backend):
+def test_numeric_guard_names_problem_and_step(tokenizer, monkeypatch, backend):
     """seek's per-step guard in the engine: an out-of-range reward, and an update that overflows
-    (lr=1e39: NaN/inf latents, or the optimizer's own overflow error), stop with ProblemError
-    naming the problem's index and the step."""
+    the latents (``test_numeric_ranges.overflow_updates``), stop with ProblemError naming the
+    problem's index, the step and, for the overflow, the learning rate."""
     model = lively_model("llama", dtype=torch.float32, seed=2)
     rewards = [hashed_reward, lambda q, a: -1e7, hashed_reward]  # |reward| > REWARD_MAX
     with pytest.raises(
@@ -577,17 +581,14 @@ def test_numeric_guard_names_problem_and_step(tokenizer, backend):
     ) as e:
         lsf.seek_many(model, tokenizer, QUESTIONS[:3], rewards, batch_size=3, backend=backend, **SETTINGS)
     assert e.value.index == 1
+    overflow_updates(monkeypatch)
     with pytest.raises(
-        ProblemError, match=r"problem 0: (RuntimeError|ValueError): seek step 1 of problem 0: "
+        ProblemError,
+        match=r"problem 0: RuntimeError: seek step 1 of problem 0: NaN or inf in the latents after the "
+        r"update \(reward -1.0\); the learning rate lr=0.5 is the likely cause",
     ):
         lsf.seek_many(
-            model,
-            tokenizer,
-            QUESTIONS[:2],
-            lambda q, a: -1.0,
-            batch_size=2,
-            backend=backend,
-            **{**SETTINGS, "lr": 1e39},
+            model, tokenizer, QUESTIONS[:2], lambda q, a: -1.0, batch_size=2, backend=backend, **SETTINGS
         )
 
 

@@ -381,6 +381,21 @@ def test_inputs_not_modified(backend):
         assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_runs_under_no_grad_and_inference_mode(backend, context):
+    """The reference backend differentiates by autograd: under the caller's no_grad() or
+    inference_mode() (inputs made there included) it still does, with the same results."""
+    h, w, b = make(4, 130, 20, torch.float32)
+    r, tok = torch.randn(4), torch.tensor([0, 5, 129, 7])
+    want = lpg(h, w, r, bias=b, softcap=3.0, tokens=tok, backend=backend)
+    with context():
+        hh, ww, bb, rr, tt = (t.clone() for t in (h, w, b, r, tok))
+        got = lpg(hh, ww, rr, bias=bb, softcap=3.0, tokens=tt, backend=backend)
+    for f in dataclasses.fields(want):
+        assert torch.equal(getattr(got, f.name), getattr(want, f.name)), f.name
+
+
 # ---------------------------------------------------------------------------------------------
 # Finite differences of the torch twin (fp64)
 

@@ -4,11 +4,12 @@ import re
 
 import pytest
 import torch
+from conftest import overflow_updates
 
 from latentseek_fast import SeekConfig, latent_adam_, latent_policy_grad, seek
 from latentseek_fast._ext import ext_available
-from latentseek_fast._util import REWARD_MAX, TEMPERATURE_MIN
-from latentseek_fast.data import Problem
+from latentseek_fast._util import LR_MAX, REWARD_MAX, TEMPERATURE_MIN
+from latentseek_fast.app.data import Problem
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
 IMPLS = ["torch"] + (["native"] if ext_available() else [])
@@ -155,12 +156,31 @@ def test_seek_huge_reward_stops_naming_step_and_problem(tiny, backend):
         _seek(tiny, lambda q, a: next(rewards), backend=backend)
 
 
+@pytest.mark.parametrize("lr", [1e38, 1e39, LR_MAX * 1.0001, 0.0, -0.03])
+def test_lr_out_of_range_is_refused_up_front(tiny, lr):
+    """lr=1e38 used to fail mid-run with internals (``hidden must be finite`` on torch, an
+    overflow converting Adam's step size on reference): SeekConfig names lr and its range."""
+    message = re.escape(f"SeekConfig.lr={lr!r}: expected 0 < lr <= {LR_MAX:g} (Adam moves every latent")
+    with pytest.raises(ValueError, match=message):
+        SeekConfig(lr=lr)
+    with pytest.raises(ValueError, match=message):
+        _seek(tiny, lambda q, a: -1.0, lr=lr)
+    assert SeekConfig(lr=LR_MAX).lr == LR_MAX
+
+
 @pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_seek_non_finite_latents_stop_naming_step(tiny, backend):
-    """lr=1e39 is a finite float but not an fp32 number: the update makes the latents inf/NaN."""
+def test_seek_non_finite_latents_stop_naming_step_and_lr(tiny, monkeypatch, backend):
+    """Latents that overflow in an update stop the seek with an error that names the step, the
+    problem and the likely cause, the learning rate (on torch the op's own check on its input,
+    ``hidden must be finite``, used to be the message)."""
+    overflow_updates(monkeypatch)
     p = Problem(id="p9", question="What is 2+3?", gold=None, dataset="gsm8k")
-    with pytest.raises((ValueError, RuntimeError), match=r"seek step 1 of problem 'p9': "):
-        _seek(tiny, lambda q, a: -1.0, problem=p, backend=backend, lr=1e39)
+    with pytest.raises(
+        RuntimeError,
+        match=r"seek step 1 of problem 'p9': NaN or inf in the latents after the update \(reward -1.0\); "
+        r"the learning rate lr=0.5 is the likely cause .* lower lr \(SeekConfig.lr, --lr\)",
+    ):
+        _seek(tiny, lambda q, a: -1.0, problem=p, backend=backend)
 
 
 class _Stub:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from latentseek_fast.app import cli as app_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_NAMES = {"latentseek_fast"}
@@ -83,6 +87,21 @@ def test_hf_kernels_imports_from_the_repo_root():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_setup_lists_every_package_and_the_console_script():
+    """Every folder of ``latentseek_fast/`` with an ``__init__.py`` is in setup.py's ``PACKAGES``
+    (a missing one installs without that subpackage), and the console script is the CLI's ``main``."""
+    setup_py = (ROOT / "setup.py").read_text()
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "latentseek_fast").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    listed = set(re.findall(r'^    "(latentseek_fast[\w.]*)",$', setup_py, flags=re.M))
+    assert "latentseek_fast.app.cli" in found and found <= listed, sorted(found - listed)
+    assert '"latentseek-fast=latentseek_fast.app.cli:main"' in setup_py
+    assert callable(app_cli.main)
+
+
 def test_python_m_latentseek_fast_from_the_repo_root():
     res = _run_in_root("-m", "latentseek_fast", "--help")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -97,9 +116,15 @@ def test_wheel_installs_the_kernels_as_latentseek_fast_kernels(tmp_path):
     wheels = tmp_path / "wheels"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["LATENTSEEK_NO_EXT"] = "1"  # the native op has its own tests; the layout is what is checked
+    # pip builds a local folder in place (build/, *.egg-info): build a copy, never the checkout.
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns(
+        ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so"
+    )
+    shutil.copytree(ROOT, src, ignore=junk)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(wheels), str(ROOT)],
+         "--no-index", "-w", str(wheels), str(src)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
@@ -110,6 +135,8 @@ def test_wheel_installs_the_kernels_as_latentseek_fast_kernels(tmp_path):
     assert tops == {"latentseek_fast"}, tops
     assert "latentseek_fast/kernels/__init__.py" in names
     assert "latentseek_fast/kernels/lpg_forward.py" in names
+    app = ("cli/__init__.py", "cli/eval.py", "torchrun/sharded.py", "demo_problems.jsonl")
+    assert not [n for n in app if f"latentseek_fast/app/{n}" not in names]
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -137,3 +164,10 @@ def test_wheel_installs_the_kernels_as_latentseek_fast_kernels(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     where = Path(res.stdout.splitlines()[0])
     assert Path(os.path.realpath(site)) in where.parents, f"imported from {where}, not the wheel"
+    # The console script runs the CLI from the wheel; the demo problems ship with it.
+    script = [str(venv / "bin" / "latentseek-fast"), "--help"]
+    script = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert script.returncode == 0 and "usage: latentseek-fast" in script.stdout, script.stderr[-3000:]
+    demos = [str(vpy), "-c", "from latentseek_fast.app.demo import demo_problems as d; print(len(d()))"]
+    res = subprocess.run(demos, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and int(res.stdout) >= 5, res.stderr[-3000:]

@@ -3,6 +3,7 @@
 import pytest
 
 from latentseek_fast import prompts
+from latentseek_fast.app.extract import extract_answer
 from latentseek_fast.prompts import STYLES, build_prompt, system_message
 
 
@@ -24,8 +25,20 @@ class PlainTokenizer:
     chat_template = None
 
 
-def test_styles():
-    assert STYLES == ("boxed", "json")
+# A reply to "What is 3 + 4?" written as each style's system message asks.
+REPLIES = {
+    "boxed": "3 + 4 = 7. The final answer is \\boxed{7}.",
+    "json": '{"thought process": "3 + 4 = 7", "final answer": 7}',
+}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_each_style_asks_for_what_extraction_reads(style):
+    """Every prompt style has a reply format that answer extraction reads in that style."""
+    assert set(REPLIES) == set(STYLES)  # a new style needs its reply here
+    assert extract_answer(REPLIES[style], "gsm8k", style) == "7"
+    for key in ('"final answer"',) if style == "json" else ("\\boxed{",):
+        assert key in system_message("gsm8k", style) and key in REPLIES[style]
 
 
 @pytest.mark.parametrize("dataset", ["gsm8k", "math500", "aime"])

@@ -205,8 +205,9 @@ def test_self_reward_format_rule(monkeypatch, answer, rejected, expected):
 
 def test_make_reward_caps_verifier_replies(monkeypatch):
     """``verifier_tokens`` (the CLI's ``--verifier-tokens``) reaches the verifiers' generate call."""
-    from latentseek_fast.cli import _reward, build_parser
-    from latentseek_fast.data import Problem
+    from latentseek_fast.app.cli import build_parser
+    from latentseek_fast.app.cli.load import reward_for
+    from latentseek_fast.app.data import Problem
     from latentseek_fast.rewards import make_reward
 
     tok, calls = _scripted(monkeypatch, {n: True for n in NAMES})
@@ -215,10 +216,10 @@ def test_make_reward_caps_verifier_replies(monkeypatch):
     assert isinstance(make_reward("psrm", gold="3", verifier_tokens=9), PSRM)  # PSRM has no verifiers
     argv = ["eval", "--data", "d.jsonl", "--reward", "self", "--verifier-tokens", "33"]
     problem = Problem(id="0", question="q", gold="3", dataset="gsm8k")
-    reward = _reward(build_parser().parse_args(argv), None, tok, problem)
+    reward = reward_for(build_parser().parse_args(argv), None, tok, problem)
     assert reward("q", "a") == 0.0
     assert [max_new for _, max_new in calls] == [9, 33]
-    default = _reward(build_parser().parse_args(argv[:-2]), None, tok, problem)
+    default = reward_for(build_parser().parse_args(argv[:-2]), None, tok, problem)
     assert default.max_new_tokens == 4096
 
 

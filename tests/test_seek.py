@@ -4,15 +4,25 @@ import math
 
 import pytest
 import torch
-from conftest import AdamGradients, DecisionGaps, LatentDecisions, assert_same_or_near_tie, make_tiny_model
+from conftest import (
+    AdamGradients,
+    DecisionGaps,
+    LatentDecisions,
+    SmallTokenizer,
+    assert_same_or_near_tie,
+    make_tiny_model,
+    small_model,
+)
 
-from latentseek_fast import SeekConfig, seek
-from latentseek_fast.decoding.model import lm_head_of
+from latentseek_fast import SeekConfig, compat, seek, seek_many
+from latentseek_fast.app.data import Problem
+from latentseek_fast.decoding.model import cache_length, lm_head_of
 from latentseek_fast.decoding.stops import answer_stop_ids
 from latentseek_fast.prompts import build_prompt
 from latentseek_fast.rewards import RewardError
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+Q = "What is 2+3?"  # 12 tokens of conftest.SmallTokenizer
 
 
 class Scripted:
@@ -24,6 +34,16 @@ class Scripted:
     def __call__(self, question, answer):
         self.seen.append(answer)
         return self.values[min(len(self.seen) - 1, len(self.values) - 1)]
+
+
+class ScriptedRM:
+    """A research-style reward model (``get_reward``) that always returns ``value``."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def get_reward(self, question, solution):
+        return self.value
 
 
 def _run(tiny, reward, **kw):
@@ -86,6 +106,164 @@ def test_start_index_keeps_prefix(tiny):
     assert res.answer_ids[:3] == res.original_ids[:3]
     with pytest.raises(ValueError, match="start_index=20"):
         _run(tiny, Scripted(-1.0), start_index=20)
+
+
+@pytest.mark.parametrize("max_new_tokens,rho,start,optimised", [(12, 0.5, 9, 3), (2, 1.0, 1, 1)])
+def test_update_length_counts_the_latents_optimised(max_new_tokens, rho, start, optimised):
+    """L = int(rho * T) latents from start_index would pass the answer's end (6 from 9 of 12
+    tokens; 2 from 1 of 2): only those after start_index exist, are optimised and re-decoded, and
+    update_length says how many, in seek and seek_many alike."""
+    model, tok = small_model(), SmallTokenizer()
+    kw = {"max_new_tokens": max_new_tokens, "rho": rho, "lr": 0.5, "backend": "torch"}
+    kw |= {"max_steps": 2, "start_index": start, "reuse": False}
+    res = seek(model, tok, Q, Scripted(-1.0), prompt=Q, **kw)
+    assert res.original_length == max_new_tokens and res.iterations == 2
+    assert res.update_length == optimised
+    # prefix + re-decoded latents + a continuation of max_new_tokens (the model does not stop)
+    assert res.final_length == start + optimised + max_new_tokens
+    many = seek_many(model, tok, [Q], Scripted(-1.0), prompts=[Q], **kw)[0]
+    assert many.update_length == optimised and many.answer_ids == res.answer_ids
+
+
+class MaxPosition:
+    """The largest position ``model.model`` has run at, read from its KV cache after each forward."""
+
+    def __init__(self, model):
+        self.model, self.max = model, -1
+
+    def _record(self, module, args, kwargs, out):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self.max = max(self.max, cache_length(cache) - 1)
+
+    def __enter__(self):
+        self.handle = self.model.model.register_forward_hook(self._record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_prompt_that_fills_the_context_is_refused_before_decoding():
+    """A prompt of P >= max_position_embeddings tokens leaves no room for an answer: ValueError
+    naming the problem and both lengths, before any forward (seek and seek_many)."""
+    model, tok = small_model(max_positions=12), SmallTokenizer()
+    with MaxPosition(model) as pos:
+        with pytest.raises(ValueError, match=r"question 'What is 2\+3\?': the prompt is 12 tokens and the "):
+            seek(model, tok, Q, Scripted(-1.0), prompt=Q, max_new_tokens=4)
+        problems = [Problem("p0", "Hi", None, "gsm8k"), Problem("p1", Q, None, "gsm8k")]
+        with pytest.raises(ValueError, match=r"problem 'p1': the prompt is 12 tokens"):
+            seek(model, tok, problems[1], Scripted(-1.0), prompt=Q)
+        with pytest.raises(
+            ValueError,
+            match=r"problems\[1\] \(id 'p1'\): the prompt is 12 tokens and the model's context "
+            r"\(config.max_position_embeddings\) is 12 positions: no room for an answer",
+        ):
+            seek_many(model, tok, problems, Scripted(-1.0), prompts=["Hi", Q], max_new_tokens=4)
+    assert pos.max == -1  # nothing ran
+
+
+def test_answers_are_capped_at_the_context():
+    """prompt + max_new_tokens past max_position_embeddings: a warning, the original answer capped
+    so that prompt + answer fit, each continuation stopped before the model would run past the
+    context; seek_many gives seek's answers."""
+    model, tok = small_model(max_positions=12 + 6), SmallTokenizer()
+    kw = {"max_new_tokens": 12, "rho": 0.5, "lr": 0.5, "backend": "torch", "max_steps": 2, "reuse": False}
+    with (
+        MaxPosition(model) as pos,
+        pytest.warns(UserWarning, match="capped at 6 tokens instead of max_new_tokens=12"),
+    ):
+        res = seek(model, tok, Q, Scripted(-1.0), prompt=Q, **kw)
+    assert pos.max == 12 + 6 - 1
+    # L = 3 re-decoded tokens, then a continuation that feeds positions up to 12 + 5: 4 tokens
+    assert res.original_length == 6 and res.update_length == 3 and res.final_length == 3 + 4
+    with pytest.warns(UserWarning, match=r"problems\[0\]: the prompt is 12 tokens"):
+        many = seek_many(model, tok, [Q], Scripted(-1.0), prompts=[Q], **kw)
+    assert many[0].answer_ids == res.answer_ids and many[0].original_ids == res.original_ids
+
+
+def test_continuations_alone_are_capped_at_the_context():
+    """prompt + max_new_tokens fit, but start_index + L + a continuation of max_new_tokens would
+    not: continuations stop at the context's end, with a warning that says so."""
+    model, tok = small_model(max_positions=12 + 12), SmallTokenizer()
+    kw = {"max_new_tokens": 12, "rho": 0.5, "lr": 0.5, "backend": "torch", "max_steps": 2}
+    kw |= {"start_index": 3, "reuse": False}
+    with MaxPosition(model) as pos, pytest.warns(UserWarning, match="room for 4 continuation tokens"):
+        res = seek(model, tok, Q, Scripted(-1.0), prompt=Q, **kw)
+    assert pos.max == 12 + 12 - 1
+    assert res.original_length == 12 and res.update_length == 6 and res.final_length == 3 + 6 + 4
+    with pytest.warns(UserWarning, match="room for 4 continuation tokens"):
+        many = seek_many(model, tok, [Q], Scripted(-1.0), prompts=[Q], **kw)
+    assert many[0].answer_ids == res.answer_ids
+
+
+def test_on_event_that_is_not_callable_is_refused_up_front():
+    model, tok = small_model(), SmallTokenizer()
+    with MaxPosition(model) as pos:
+        with pytest.raises(TypeError, match="on_event='x': expected a callable taking one event, or None"):
+            seek(model, tok, Q, Scripted(-1.0), prompt=Q, on_event="x")
+        with pytest.raises(TypeError, match="on_event=3: expected a callable"):
+            seek_many(model, tok, [Q], Scripted(-1.0), prompts=[Q], on_event=3)
+    assert pos.max == -1  # before any forward
+
+
+BACKENDS = [
+    "reference",
+    "torch",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="the tiny model lives on the CPU (TRITON_INTERPRET=1)"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_every_backend_runs_under_no_grad_and_inference_mode(backend, context):
+    """Users wrap generation in no_grad()/inference_mode() by habit: the latent step (autograd on
+    the reference backend) still runs, and gives the answer it gives outside them; so does
+    compat, whose default step is the reference one."""
+    model, tok = small_model(stops=True), SmallTokenizer()
+    kw = {"max_new_tokens": 8, "rho": 0.5, "lr": 0.5, "backend": backend, "max_steps": 2, "reuse": False}
+    q = Q
+    want = seek(model, tok, q, Scripted(-1.0), prompt=q, **kw)
+    with context():
+        got = seek(model, tok, q, Scripted(-1.0), prompt=q, **kw)
+        many = seek_many(model, tok, [q], Scripted(-1.0), prompts=[q], **kw)[0]
+    assert got.iterations == 2 and got.update_length == 4
+    assert got.answer_ids == want.answer_ids and got.rewards == want.rewards
+    assert many.answer_ids == want.answer_ids
+    saved = compat.configure()
+    try:
+        if backend != "reference":
+            compat.configure(backend=backend, latent_dtype="fp32")
+
+        def drop_in():
+            answer, states, ids = compat.original_generation(q, model, tok, "cpu")
+            rm = ScriptedRM(-1.0)
+            return compat.optimized_generation(
+                rm,
+                model,
+                tok,
+                "cpu",
+                q,
+                q,
+                answer,
+                states,
+                ids,
+                max_num_steps=2,
+                lr=0.5,
+                max_new_tokens=8,
+                k=0.5,
+            )
+
+        want = drop_in()
+        with context():
+            got = drop_in()
+    finally:
+        compat.configure(**saved)
+    assert got == want and got[2] == 10 and len(got[1]) == 3
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_config_checks_new_fields(field, value):
 
 
 def test_cli_draft_tokens(tmp_path, tokenizer, capsys):
-    from latentseek_fast import cli
+    from latentseek_fast.app import cli
 
     make_tiny_model(seed=3).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -158,7 +158,7 @@ def test_cli_draft_tokens(tmp_path, tokenizer, capsys):
 @pytest.mark.slow
 def test_drafts_on_the_embedded_model(smol):
     """Drafts on and off give the same answers, or part at a near-tie (``assert_same_or_near_tie``)."""
-    from latentseek_fast.demo import demo_problems
+    from latentseek_fast.app.demo import demo_problems
     from latentseek_fast.prompts import build_prompt
 
     model, tok = smol

@@ -20,6 +20,7 @@ from ..config import SeekConfig
 from ..decoding import rows as decode_rows
 from ..decoding.decoder import CacheDecoder, Decoder
 from ..decoding.drafts import forward_positions
+from ..decoding.slots import HFDecoder
 from ..decoding.model import lm_head_of
 from ..decoding.stops import answer_stop_ids
 from ..prompts import build_prompt
@@ -34,11 +35,13 @@ from .result import SeekResult
 
 def decode_options(config: SeekConfig, decoder: Decoder, device) -> dict:
     """The options of ``decoding.rows.advance`` for a run: the draft policy, the most drafts a
-    feed may carry (drafts stay in the decoder's main forward, below its long-feed width) and a
-    forward's fixed cost on ``device`` (``draft_policy="cost"``)."""
+    feed may carry (on the slot store, drafts stay in the main forward, below its long-feed
+    width; a plain cache has one forward anyway) and a forward's fixed cost on ``device``
+    (``draft_policy="cost"``)."""
+    k = config.draft_tokens
     return {
         "policy": config.draft_policy,
-        "max_drafts": min(config.draft_tokens, decoder.long_feed - 1),
+        "max_drafts": min(k, decoder.long_feed - 1) if isinstance(decoder, HFDecoder) else k,
         "fixed_cost": forward_positions(device),
     }
 

@@ -16,9 +16,14 @@ def lpg_reference(x: LatentGradInputs) -> LatentGrad:
     """The latent policy gradient of ``x`` by autograd through the full fp32 logits."""
     hidden, weight, bias, tokens = x.hidden, x.weight, x.bias, x.tokens
     softcap, temperature, need_grad = x.softcap, x.temperature, x.need_grad
-    h = hidden.detach().to(torch.float32).clone().requires_grad_(need_grad)
-    w = weight.detach().to(torch.float32)
-    with torch.enable_grad():
+    # Autograd must record even under the caller's no_grad()/inference_mode(): grad is enabled
+    # and inference mode left locally, and inference tensors (which autograd cannot save) are
+    # cloned into normal ones.
+    with torch.inference_mode(False), torch.enable_grad():
+        h = hidden.detach().to(torch.float32).clone().requires_grad_(need_grad)
+        w = weight.detach().to(torch.float32)
+        if need_grad and w.is_inference():
+            w = w.clone()
         logits = h @ w.T
         if bias is not None:
             logits = logits + bias.detach().to(torch.float32)
@@ -28,7 +33,7 @@ def lpg_reference(x: LatentGradInputs) -> LatentGrad:
         logp = torch.log_softmax(s, dim=-1)
         argmax = torch.argmax(s.detach(), dim=-1)  # first maximal index on ties
         if tokens is not None:
-            tok = tokens.to(torch.int64)
+            tok = tokens.to(torch.int64).clone()
         elif x.mode == "sample":
             n, v = s.shape
             rows = torch.arange(n, device=s.device).unsqueeze(1)
@@ -39,7 +44,7 @@ def lpg_reference(x: LatentGradInputs) -> LatentGrad:
         lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
         grad = None
         if need_grad:
-            loss = -(x.reward.to(torch.float32) * lp).sum()
+            loss = -(x.reward.to(torch.float32).clone() * lp).sum()
             (grad,) = torch.autograd.grad(loss, h)
     lse = torch.logsumexp(s.detach(), dim=-1)
     return LatentGrad(tok, lp.detach(), lse, grad, argmax)

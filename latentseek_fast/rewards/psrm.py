@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..data import check_dataset
-from ..extract import check_style, extract_answer
-from ..judge import is_correct
+from ..app.data import check_dataset
+from ..app.extract import check_style, extract_answer
+from ..app.judge import is_correct
 from .base import Reward
 
 

@@ -42,7 +42,10 @@ class ReplyReward(Reward):
         if self.batched:
             ids = greedy_generate_batch(self.model, self.tokenizer, prompts, self.max_new_tokens)
         else:
-            ids = [greedy_generate_batch(self.model, self.tokenizer, [p], self.max_new_tokens)[0] for p in prompts]
+            ids = [
+                greedy_generate_batch(self.model, self.tokenizer, [p], self.max_new_tokens)[0]
+                for p in prompts
+            ]
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
     def compute(self, question: str, answer: str) -> float:

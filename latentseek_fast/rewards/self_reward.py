@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from .._util import check_int
-from ..extract import last_boxed
+from ..app.extract import last_boxed
 from ..prompts import render_chat
 from .reply import ReplyReward
 

@@ -20,9 +20,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._util import check_choice
+
 __all__ = [
     "DATASETS",
     "DEFAULT_FIELDS",
+    "OPTION_NAMES",
     "Problem",
     "check_dataset",
     "detect_dataset",
@@ -43,11 +46,25 @@ _ID_FIELDS = ("id", "ID", "unique_id", "idx", "problem_id")
 _FILENAME_HINTS = (("gsm8k", "gsm8k"), ("gsm", "gsm8k"), ("aime", "aime"), ("math", "math500"))
 _WRAPPER_KEYS = ("data", "rows", "examples", "problems", "test", "train", "instances", "items")
 
+# How the errors of ``load_problems`` tell the user to set an option: by default its keyword
+# arguments; the CLI passes its flags (``{"dataset": "--dataset", ...}``) as ``option_names``.
+OPTION_NAMES = {
+    "dataset": "dataset=",
+    "question_field": "question_field=",
+    "answer_field": "answer_field=",
+    "split": "split=",
+}
+
+
+def _option(names: dict, key: str, value) -> str:
+    """How option ``key`` set to ``value`` is written: ``split='train'`` or ``--split train``."""
+    name = names[key]
+    return f"{name}{value!r}" if name.endswith("=") else f"{name} {value}"
+
 
 def check_dataset(dataset: str) -> str:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: allowed values are {DATASETS}")
-    return dataset
+    """``dataset`` if it is one of ``DATASETS``, else a ValueError naming the allowed values."""
+    return check_choice("dataset", dataset, DATASETS)
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -77,7 +94,7 @@ class Problem:
 
 
 def _read_arrow_file(path: Path) -> list[dict]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: only for Arrow files
 
     try:  # datasets writes the streaming format
         with pa.memory_map(str(path)) as src:
@@ -88,14 +105,14 @@ def _read_arrow_file(path: Path) -> list[dict]:
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: only for Parquet files
 
     return pq.read_table(str(path)).to_pylist()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM (Windows tools write one) is skipped
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -130,7 +147,7 @@ def _rows_from_json_value(value, path: Path) -> list[dict]:
 
 
 def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a leading BOM is skipped
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -138,7 +155,7 @@ def _read_json(path: Path) -> list[dict]:
     return _rows_from_json_value(value, path)
 
 
-def _read_folder(path: Path, split: str | None) -> list[dict]:
+def _read_folder(path: Path, split: str | None, names: dict) -> list[dict]:
     dict_file = path / "dataset_dict.json"
     if dict_file.is_file():  # DatasetDict.save_to_disk: one folder per split
         splits = json.loads(dict_file.read_text()).get("splits") or sorted(
@@ -149,10 +166,15 @@ def _read_folder(path: Path, split: str | None) -> list[dict]:
         if split is None or split not in splits:
             asked = f"no split {split!r}: " if split is not None else ""
             raise ValueError(
-                f"{path}: {asked}it holds the splits {splits}; choose one with split= "
+                f"{path}: {asked}it holds the splits {splits}; choose one with {names['split']} "
                 f"or pass the split folder, e.g. {path / splits[0]}"
             )
-        return _read_folder(path / split, None)
+        return _read_folder(path / split, None, names)
+    if split is not None:
+        raise ValueError(
+            f"{_option(names, 'split', split)}: {path} is not a DatasetDict folder (no dataset_dict.json), "
+            "so it has no splits"
+        )
     state = path / "state.json"
     if state.is_file():
         files = [d["filename"] for d in json.loads(state.read_text()).get("_data_files", [])]
@@ -187,12 +209,21 @@ def _read_file(path: Path) -> list[dict]:
     )
 
 
-def read_rows(path, split: str | None = None) -> list[dict]:
-    """The raw rows (dicts) of a data file or ``save_to_disk`` folder."""
+def read_rows(path, split: str | None = None, option_names: dict | None = None) -> list[dict]:
+    """The raw rows (dicts) of a data file or ``save_to_disk`` folder. ``split`` picks a split of
+    a ``DatasetDict`` folder; anything else has none, and a ``split`` given for it is an error."""
+    names = {**OPTION_NAMES, **(option_names or {})}
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no data file or folder at {path}")
-    rows = _read_folder(path, split) if path.is_dir() else _read_file(path)
+    if path.is_dir():
+        rows = _read_folder(path, split, names)
+    elif split is not None:
+        raise ValueError(
+            f"{_option(names, 'split', split)}: {path} is a file; only a DatasetDict folder has splits"
+        )
+    else:
+        rows = _read_file(path)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {i} is a {type(row).__name__}, expected an object with fields")
@@ -217,8 +248,10 @@ def _resolve(name: str, present: list[str]) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def detect_dataset(fields: list[str], path=None) -> str:
-    """Which data set the rows belong to, from their field names and the file name."""
+def detect_dataset(fields: list[str], path=None, option_names: dict | None = None) -> str:
+    """Which data set the rows belong to, from their field names and the file name.
+    ``option_names``: how the error names the options (see ``OPTION_NAMES``)."""
+    names = {**OPTION_NAMES, **(option_names or {})}
     hint = None
     if path is not None:
         name = Path(path).name.lower()
@@ -236,21 +269,23 @@ def detect_dataset(fields: list[str], path=None) -> str:
     raise ValueError(
         f"cannot tell the data set from the fields {fields}"
         + (f" or the file name {Path(path).name!r}" if path is not None else "")
-        + f"; pass dataset= (one of {DATASETS}) and, if needed, question_field=/answer_field="
+        + f"; pass {names['dataset']} (one of {', '.join(DATASETS)}) and, if needed, "
+        + f"{names['question_field']}/{names['answer_field']}"
     )
 
 
 def _gold(value, dataset: str) -> str | None:
+    """The normalised ground truth of an answer field; None (no gold) when it is null or blank."""
     if value is None:
         return None
     if dataset == "gsm8k":
-        return gsm8k_gold(str(value))
+        return gsm8k_gold(str(value)) or None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
     if dataset == "aime" and re.fullmatch(r"0*\d+", text):
         text = str(int(text))
-    return text
+    return text or None
 
 
 def load_problems(
@@ -259,29 +294,38 @@ def load_problems(
     question_field: str | None = None,
     answer_field: str | None = None,
     split: str | None = None,
+    option_names: dict | None = None,
 ) -> list[Problem]:
     """Read ``path`` (JSONL, JSON, Parquet, Arrow or a ``save_to_disk`` folder) into Problems.
 
     ``dataset`` is one of DATASETS, or None to detect it from the fields and the file name.
     ``question_field``/``answer_field`` override the data set's field names; a field that the
     rows lack raises a ValueError naming it and the fields present. ``split`` picks a split of a
-    ``DatasetDict`` folder (default ``test``).
+    ``DatasetDict`` folder (default ``test``). A null or blank answer gives ``gold=None`` (no
+    ground truth). ``option_names`` changes how errors name the options (``OPTION_NAMES``: the
+    keyword arguments; the CLI passes its flags).
     """
-    rows = read_rows(path, split)
+    names = {**OPTION_NAMES, **(option_names or {})}
+    rows = read_rows(path, split, names)
     if not rows:
         raise ValueError(f"{path}: no rows")
     fields = _field_names(rows)
     if dataset is None:
-        dataset = detect_dataset(fields, path)
+        dataset = detect_dataset(fields, path, names)
     check_dataset(dataset)
     default_q, default_a = DEFAULT_FIELDS[dataset]
 
     def pick(given: str | None, default: str, what: str) -> str:
         name = _resolve(given if given is not None else default, fields)
+        if name is None and given is not None:
+            raise ValueError(
+                f"{path}: {_option(names, what, given)}: no such field; fields present: {fields}"
+            )
         if name is None:
-            wanted = given if given is not None else default
-            how = "" if given is not None else f" (the {dataset} default; pass {what}= to choose another)"
-            raise ValueError(f"{path}: no field {wanted!r}{how}; fields present: {fields}")
+            raise ValueError(
+                f"{path}: no field {default!r} (the {dataset} default; pass {names[what]} to choose "
+                f"another); fields present: {fields}"
+            )
         return name
 
     q_name = pick(question_field, default_q, "question_field")

@@ -1,5 +1,6 @@
 """Judging an extracted answer against the ground truth, per data set.
 
+``judge_reply``: a reply's extracted answer and whether it is correct (what results rows record).
 ``is_correct``: numeric equality for GSM8K (``1,450`` == ``1450``, ``72.0`` == ``72``), integer
 equality for AIME, and for MATH-500 a normalised string comparison, then math-verify (gold
 first, both sides parsed, bounded time).
@@ -16,7 +17,7 @@ import threading
 from fractions import Fraction
 
 from .data import check_dataset
-from .extract import SIMPLE_FRACTION, THOUSANDS_ONLY, clean_math_answer, unwrap_text_commands
+from .extract import SIMPLE_FRACTION, THOUSANDS_ONLY, clean_math_answer, extract_answer, unwrap_text_commands
 
 MATH_VERIFY_TIMEOUT_S = 5
 
@@ -95,7 +96,7 @@ def _install_notice_filter() -> None:
 
 
 def _math_verify_equal(gold: str, pred: str, *, in_main_thread: bool) -> bool:
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # heavy (sympy): only for MATH answers
 
     if in_main_thread:  # math-verify bounds its own time with signal.alarm
         g = parse(f"\\boxed{{{gold}}}", parsing_timeout=MATH_VERIFY_TIMEOUT_S)
@@ -152,3 +153,10 @@ def is_correct(pred: str | None, gold: str, dataset: str) -> bool:
         p, g = _to_fraction(pred), _to_fraction(gold)
         return p is not None and g is not None and p.denominator == 1 and g.denominator == 1 and p == g
     return math_equal(pred, gold)
+
+
+def judge_reply(text: str, gold: str | None, dataset: str, style: str = "boxed") -> tuple[str | None, bool]:
+    """``(answer, correct)`` of a reply: the final answer ``extract_answer`` finds in ``text``,
+    and whether it matches ``gold`` (``False`` when there is no gold)."""
+    pred = extract_answer(text, dataset, style)
+    return pred, is_correct(pred, gold, dataset)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from latentseek_fast.extract import extract_answer, last_boxed
+from latentseek_fast.app.extract import extract_answer, last_boxed
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ What a row must carry (``eval`` writes all of it):
 
 - the table, per data set: ``original_correct``, ``correct``, ``iterations``,
   ``original_length``, ``final_length``; ``dataset`` (``gsm8k``, ``math500``, ...) groups the
-  rows, and rows without it are grouped as ``all``;
+  rows, and rows without it are grouped as ``all``. A problem is its (data set, ``index``), never
+  its index alone, so a file that joins the results of several data sets keeps every row;
 - the reward trajectories: ``rewards``, the reward of the original answer, then of the answer
   after each iteration (``len(rewards) == iterations + 1``);
 - the test-time scaling: ``iter_correct`` (``list[bool]``), whether the answer after ``k``
@@ -13,6 +14,12 @@ What a row must carry (``eval`` writes all of it):
   ``iter_preds`` (``list[str | None]``), the answer extracted from each (kept for inspection;
   the plot uses ``iter_correct``). Files written before these fields existed still give the
   table and the reward plot; the scaling plot says it cannot be drawn for them.
+
+Runs: each results file is a run, unless it holds several one after another (files joined with
+``cat``). Rows do not record the seek's settings, so :func:`load_runs` tells them apart by order:
+a row whose problem already has a row with other contents in the current run starts the next
+run (``file#1``, ``file#2``, ...); a row equal to an earlier one is a copy and counted once. Each
+split and merge is said in one line. A file compared with itself is refused (one run twice).
 
 Test-time scaling: the accuracy at budget ``k`` is the accuracy had every seek been stopped
 after at most ``k`` iterations. A seek that stopped earlier (its reward passed the threshold)
@@ -29,12 +36,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .results import read_results, summarize
+
 __all__ = [
     "Run",
     "ScalingUnavailable",
     "figure_paths",
     "format_table",
-    "load_run",
+    "load_runs",
     "plot_rewards",
     "plot_scaling",
     "reward_series",
@@ -52,36 +61,86 @@ class ScalingUnavailable(ValueError):
 
 @dataclass
 class Run:
-    """One results file: its label in tables and legends, and its rows (one per problem, by index)."""
+    """One run: its label in tables and legends, and its rows, one per problem (data set, index),
+    sorted by data set, then index."""
 
     label: str
     rows: list[dict]
 
 
-def load_run(path: str | os.PathLike, label: str | None = None) -> Run:
-    """The rows of results file ``path`` (the results module reads and checks it), one per problem."""
-    from .results import read_results, unique_rows
+def _dataset(row: dict) -> str:
+    ds = row.get("dataset")
+    return str(ds) if ds else NO_DATASET
 
+
+def _key(row: dict) -> tuple[str, int]:
+    """What identifies a problem in a results file: its data set and its index there."""
+    return _dataset(row), row["index"]
+
+
+def _shown(keys: Sequence[tuple[str, int]], most: int = 6) -> str:
+    text = ", ".join(f"{ds} {i}" for ds, i in keys[:most])
+    return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def load_runs(path: str | os.PathLike, label: str | None = None) -> tuple[list[Run], list[str]]:
+    """The runs in results file ``path`` (the results module reads and checks it) and ``notes``,
+    one line per merge or split: ``(runs, notes)``.
+
+    Nothing is dropped unsaid: a row equal to an earlier row of the same problem is a copy,
+    counted once (a note names them); a row of a problem that the current run already holds with
+    other contents starts a new run (files joined one after another), and the runs are labelled
+    ``label#1``, ``label#2``, ... (a note says where each starts).
+    """
     path = os.fspath(path)
+    label = label or os.path.basename(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such results file")
-    by_index = unique_rows(read_results(path))
-    if not by_index:
+    rows = read_results(path)
+    if not rows:
         raise ValueError(f"{path}: no rows (an eval writes one per finished problem)")
-    return Run(label or os.path.basename(path), [by_index[i] for i in sorted(by_index)])
+    parts: list[dict[tuple[str, int], tuple[int, dict]]] = [{}]  # key -> (line, row), per run
+    copies: list[tuple[str, int]] = []
+    starts: list[str] = []
+    for line, row in enumerate(rows, 1):  # read_results: one row per line, in file order
+        key = _key(row)
+        if any(part[key][1] == row for part in parts if key in part):
+            copies.append(key)
+            continue
+        if key in parts[-1]:
+            starts.append(f"line {line} ({key[0]} {key[1]}, first at line {parts[-1][key][0]})")
+            parts.append({})
+        parts[-1][key] = (line, row)
+    labels = [label] if len(parts) == 1 else [f"{label}#{n}" for n in range(1, len(parts) + 1)]
+    runs = [Run(lb, [part[k][1] for k in sorted(part)]) for lb, part in zip(labels, parts)]
+    notes = []
+    if starts:
+        shown = "; ".join(starts[:3]) + (f"; and {len(starts) - 3} more" if len(starts) > 3 else "")
+        notes.append(
+            f"{label}: {len(parts)} runs one after another (a problem comes again with other results "
+            f"at {shown}): reported as {', '.join(labels)}"
+        )
+    if copies:
+        notes.append(
+            f"{label}: {len(copies)} row(s) repeat an earlier row exactly ({_shown(copies)}): "
+            "each counted once"
+        )
+    return runs, notes
 
 
 def _by_dataset(rows: Sequence[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(r.get("dataset") or NO_DATASET, []).append(r)
+        groups.setdefault(_dataset(r), []).append(r)
     return dict(sorted(groups.items()))
+
+
+def _group_label(run_label: str, dataset: str) -> str:
+    return run_label if dataset == NO_DATASET else f"{run_label}: {dataset}"
 
 
 def table(rows: Sequence[dict]) -> list[dict]:
     """The paper's table: one summary (the results module's ``summarize``) per data set."""
-    from .results import summarize
-
     return [{"dataset": name, **summarize(group)} for name, group in _by_dataset(rows).items()]
 
 
@@ -110,7 +169,8 @@ def format_table(runs: Sequence[Run]) -> str:
 
 
 def _where(row: dict) -> str:
-    return f"row of problem index {row.get('index')!r}"
+    ds = row.get("dataset")
+    return f"row of {ds + ' ' if ds else ''}problem index {row.get('index')!r}"
 
 
 def _rewards(row: dict) -> list[float]:
@@ -141,11 +201,10 @@ def scaling_series(rows: Sequence[dict]) -> dict[str, tuple[list[int], list[floa
 
     Raises :class:`ScalingUnavailable` when rows lack ``iter_correct`` (older results files).
     """
-    lacking = [r["index"] for r in rows if "iter_correct" not in r]
+    lacking = [_key(r) for r in rows if "iter_correct" not in r]
     if lacking:
-        shown = ", ".join(map(str, lacking[:8])) + (" ..." if len(lacking) > 8 else "")
         raise ScalingUnavailable(
-            f"{len(lacking)} of {len(rows)} rows (problem indices {shown}) have no per-iteration "
+            f"{len(lacking)} of {len(rows)} rows (problems {_shown(lacking)}) have no per-iteration "
             "correctness (iter_correct); they were written by an eval that did not record it. "
             "Run eval again to draw test-time scaling; the table and the reward plot do not need it"
         )
@@ -179,7 +238,7 @@ def figure_paths(out: str | os.PathLike) -> tuple[str, str]:
 
 def _figure(**kwargs):
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional (the [report] extra): only to draw
     except ImportError as exc:
         raise RuntimeError(
             f"the report's plots need matplotlib ({exc}): pip install 'latentseek-fast[report]'"
@@ -193,17 +252,31 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _percent_limits(values: Sequence[float]) -> tuple[float, float]:
+    """y limits of an accuracy axis in percent: the values with a margin, clamped to 0..100 (left
+    to autoscale, a run that is 0 % everywhere showed negative percentages)."""
+    lo, hi = min(values), max(values)
+    pad = max(0.08 * (hi - lo), 5.0)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
 def plot_scaling(series: dict[str, dict[str, tuple[list[int], list[float]]]], path: str) -> str:
     """Accuracy against the iteration budget, one line per (run, data set), all on one axes."""
     fig = _figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     styles = ["-", "--", ":", "-."]
     datasets = sorted({ds for per_ds in series.values() for ds in per_ds})
+    drawn: list[float] = []
     for n, (run_label, per_ds) in enumerate(series.items()):  # a colour per run, a line style per data set
         for ds, (ks, acc) in per_ds.items():
-            label = run_label if len(per_ds) == 1 else f"{run_label}: {ds}"
             style = styles[datasets.index(ds) % len(styles)]
-            ax.plot(ks, [100 * a for a in acc], style, marker="o", color=f"C{n}", label=label)
+            pct = [100 * a for a in acc]
+            drawn += pct
+            # clip_on=False: markers at 0 % or 100 %, on the axis limits, are drawn whole
+            ax.plot(
+                ks, pct, style, marker="o", color=f"C{n}", label=_group_label(run_label, ds), clip_on=False
+            )
+    ax.set_ylim(*_percent_limits(drawn))
     ax.set_xlabel("iteration budget k (every seek stopped after at most k iterations)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Test-time scaling")
@@ -213,60 +286,103 @@ def plot_scaling(series: dict[str, dict[str, tuple[list[int], list[float]]]], pa
     return _save(fig, path)
 
 
-def plot_rewards(series: dict[str, dict], path: str) -> str:
-    """Each run's reward trajectories side by side: one thin line per problem (green: final
-    answer correct, red: wrong) and the mean reward at each budget."""
-    fig = _figure(figsize=(5.2 * len(series), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    for ax, (run_label, s) in zip(axes, series.items()):
-        for rw, ok in zip(s["per_row"], s["correct"]):
+def plot_rewards(series: dict[str, dict[str, dict]], path: str) -> str:
+    """The reward trajectories of every (run, data set) group (``series``: run -> data set ->
+    ``reward_series``), a row of panels per run and a column per data set: one thin line per
+    problem (green: final answer correct, red: wrong) and the mean reward at each budget."""
+    datasets = sorted({ds for per_ds in series.values() for ds in per_ds})
+    fig = _figure(figsize=(5.2 * len(datasets), 4.2 * len(series)), layout="constrained")
+    grid = fig.subplots(len(series), len(datasets), squeeze=False)
+    panels = []
+    for row_axes, (run_label, per_ds) in zip(grid, series.items()):
+        first = True
+        for ax, ds in zip(row_axes, datasets):
+            if ds not in per_ds:  # this run has no rows of that data set
+                ax.remove()
+                continue
+            s = per_ds[ds]
+            for rw, ok in zip(s["per_row"], s["correct"]):
+                ax.plot(
+                    range(len(rw)),
+                    rw,
+                    color="tab:green" if ok else "tab:red",
+                    alpha=0.35,
+                    lw=0.8,
+                    marker=".",
+                    ms=3,
+                )
             ax.plot(
-                range(len(rw)),
-                rw,
-                color="tab:green" if ok else "tab:red",
-                alpha=0.35,
-                lw=0.8,
-                marker=".",
-                ms=3,
+                s["ks"],
+                s["mean"],
+                color="black",
+                lw=2.2,
+                marker="o",
+                label="mean (stopped seeks keep their reward)",
             )
-        ax.plot(
-            s["ks"],
-            s["mean"],
-            color="black",
-            lw=2.2,
-            marker="o",
-            label="mean (stopped seeks keep their reward)",
-        )
-        ax.set_title(f"{run_label} ({len(s['per_row'])} problems)")
-        ax.set_xlabel("iteration")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    axes[0].set_ylabel("reward (green: final answer correct, red: wrong)")
+            ax.set_title(f"{_group_label(run_label, ds)} ({len(s['per_row'])} problems)")
+            ax.set_xlabel("iteration")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right", fontsize=8)
+            if first:
+                ax.set_ylabel("reward (green: final answer correct, red: wrong)")
+                first = False
+            panels.append(ax)
+    lo = min(ax.get_ylim()[0] for ax in panels)  # one reward scale for every panel
+    hi = max(ax.get_ylim()[1] for ax in panels)
+    for ax in panels:
+        ax.set_ylim(lo, hi)
     return _save(fig, path)
 
 
+def _check_outputs(out: str, paths: Sequence[str]) -> None:
+    """The PNGs can be written: their folder exists and they are not folders (before any work)."""
+    for p in paths:
+        folder = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(folder):
+            raise ValueError(f"--out {out}: the directory {folder} does not exist")
+        if os.path.isdir(p):
+            raise ValueError(f"--out {out}: {p} is a directory; the report writes a PNG there")
+
+
 def write_report(paths: Sequence[str], out: str = "report.png", echo=print) -> dict:
-    """Print the table of the results files ``paths`` (one, or two to compare) and write the
-    two PNGs next to ``out``. Returns ``{"table": str, "scaling": path or None, "rewards": path,
-    "notes": [...]}``; ``notes`` says why the scaling plot left a run out.
+    """Print the table of the results files ``paths`` (one, or two to compare), one row per run
+    and data set, and write the two PNGs next to ``out``, every (run, data set) drawn. Returns
+    ``{"table": str, "scaling": path or None, "rewards": path, "notes": [...]}``; ``notes``
+    (printed after the table) says which rows were merged, where a file holds several runs, and
+    why the scaling plot left a run out. Comparing a file with itself is a ``ValueError``.
     """
     if not 1 <= len(paths) <= 2:
         raise ValueError(f"{len(paths)} results files: the report takes one, or two to compare")
+    paths = [os.fspath(p) for p in paths]
     scaling_path, rewards_path = figure_paths(out)
-    labels = [os.path.basename(os.fspath(p)) for p in paths]
+    _check_outputs(os.fspath(out), (scaling_path, rewards_path))
+    if len(paths) == 2 and all(map(os.path.isfile, paths)) and os.path.samefile(*paths):
+        raise ValueError(
+            f"{paths[1]} is the same file as {paths[0]}: comparing a run with itself draws it twice "
+            "on top of itself; compare two results files (a file holding several runs one after "
+            "another is split into them without --compare)"
+        )
+    labels = [os.path.basename(p) for p in paths]
     if len(set(labels)) < len(labels):
-        labels = [os.fspath(p) for p in paths]
-    runs = [load_run(p, label) for p, label in zip(paths, labels)]
+        labels = paths
+    runs: list[Run] = []
+    notes: list[str] = []
+    for p, label in zip(paths, labels):
+        file_runs, file_notes = load_runs(p, label)
+        runs += file_runs
+        notes += file_notes
     text = format_table(runs)
     echo(text)
-    notes, scaling = [], {}
+    scaling = {}
     for run in runs:
         try:
             scaling[run.label] = scaling_series(run.rows)
         except ScalingUnavailable as exc:
             notes.append(f"test-time scaling: cannot be drawn for {run.label}: {exc}")
-    rewards = {run.label: reward_series(run.rows) for run in runs}
+    rewards = {
+        run.label: {ds: reward_series(group) for ds, group in _by_dataset(run.rows).items()} for run in runs
+    }
     for note in notes:
         echo(note)
     made_scaling = plot_scaling(scaling, scaling_path) if scaling else None

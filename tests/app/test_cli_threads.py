@@ -1,4 +1,4 @@
-"""The CLI's default CPU thread count (``cli.default_cpu_threads`` / ``cli._cli_threads``)."""
+"""The CLI's default CPU thread count (``app/cli/load.py``: ``default_cpu_threads``, ``cli_threads``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from latentseek_fast import cli
+from latentseek_fast.app.cli import load
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from latentseek_fast import cli
     ],
 )
 def test_default_cpu_threads_leaves_loaded_cores_alone(cores, load1, expected):
-    assert cli.default_cpu_threads(cores, load1) == expected
+    assert load.default_cpu_threads(cores, load1) == expected
 
 
 def _args(threads=None):
@@ -33,12 +33,12 @@ def _args(threads=None):
 def test_cli_threads_respects_the_user_and_torchrun(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
-    assert cli._cli_threads(_args(3), "cpu") == 3  # --threads wins
-    assert cli._cli_threads(_args(), "cpu") == 1  # a loaded machine: 1 thread
-    assert cli._cli_threads(_args(), "cuda") is None  # a GPU: torch's threads as they are
+    monkeypatch.setattr(load.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert load.cli_threads(_args(3), "cpu") == 3  # --threads wins
+    assert load.cli_threads(_args(), "cpu") == 1  # a loaded machine: 1 thread
+    assert load.cli_threads(_args(), "cuda") is None  # a GPU: torch's threads as they are
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    assert cli._cli_threads(_args(), "cpu") is None  # the environment chose
+    assert load.cli_threads(_args(), "cpu") is None  # the environment chose
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert cli._cli_threads(_args(), "cpu") is None  # dist.resolve_threads split the cores
+    assert load.cli_threads(_args(), "cpu") is None  # torchrun.resolve_threads split the cores

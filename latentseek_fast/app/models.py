@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import socket
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -84,7 +87,7 @@ def _is_complete(d: Path) -> bool:
 
 def _load_gguf(gguf: Path):
     """``(model, tokenizer)`` parsed and dequantised from ``gguf`` (fp32; the slow step)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only to load a model
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -194,6 +197,89 @@ def _ensure_converted(gguf: Path) -> tuple[Path | None, tuple | None]:
     return out, None
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when a TCP connection to the Hub endpoint (``HF_ENDPOINT``) opens within ``timeout``
+    seconds, else why not. Behind a proxy the connection is the proxy's business: None."""
+    from huggingface_hub import constants  # comes with transformers: imported only here
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
+def hub_unavailable_reason(name: str) -> str | None:
+    """Why the Hub name ``name`` cannot load here, found without asking the Hub; None when it may.
+
+    A name whose ``config.json`` is in the local Hugging Face cache may load. Otherwise, with
+    ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set or no connection to the Hub, loading can
+    only fail, and only after transformers has retried for about a minute (measured: 56 s
+    offline, for ``--model nonexist``): the reason says which.
+    """
+    import huggingface_hub  # comes with transformers: imported only here
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id (HFValidationError): nothing is cached under it
+        cached = None
+    if isinstance(cached, str):
+        return None
+    where = f"not a local path and not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if huggingface_hub.is_offline_mode():
+        only_tf = os.environ.get("TRANSFORMERS_OFFLINE") and not os.environ.get("HF_HUB_OFFLINE")
+        flag = "TRANSFORMERS_OFFLINE" if only_tf else "HF_HUB_OFFLINE"
+        return f"{where}, and {flag} is set"
+    unreachable = _hub_reachable()
+    return None if unreachable is None else f"{where}, and the Hub {unreachable}"
+
+
+def _config_head_shape(config_file) -> tuple[int, int] | None:
+    """``(vocab_size, hidden_size)`` from a transformers ``config.json`` (its ``text_config``
+    for multimodal models), or None when the file is missing or lacks them."""
+    try:
+        cfg = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    vocab, hidden = cfg.get("vocab_size"), cfg.get("hidden_size")
+    ok = all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (vocab, hidden))
+    return (vocab, hidden) if ok else None
+
+
+def head_shape(name: str | None) -> tuple[int, int] | None:
+    """The LM head's ``(vocab, hidden)`` of model ``name`` as far as it is known without loading
+    it: from the ``config.json`` of a model directory, of a GGUF's converted cache entry, or of a
+    Hub name in the local Hugging Face cache; None otherwise (e.g. a GGUF not converted yet)."""
+    try:
+        path = resolve_model_path(name)
+    except RuntimeError:
+        return None
+    if path.endswith(".gguf"):
+        gguf = Path(path)
+        entry = _converted_dir(gguf) if gguf.is_file() else None
+        return _config_head_shape(entry / "config.json") if entry is not None else None
+    if os.path.isdir(path):
+        return _config_head_shape(Path(path) / "config.json")
+    from huggingface_hub import try_to_load_from_cache  # comes with transformers: imported only here
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError:
+        return None
+    return _config_head_shape(cached) if isinstance(cached, str) else None
+
+
 def resolve_model_path(name: str | None) -> str:
     """Map ``--model`` to a path or hub name; None or ``smollm2`` is the embedded model's GGUF."""
     if name is None or name == EMBEDDED_NAME:
@@ -211,9 +297,11 @@ def load_model(
     """Load ``(model, tokenizer)`` in eval mode.
 
     ``name``: None/``"smollm2"`` (the embedded GGUF), a ``.gguf`` file, an HF model directory or
-    hub name (the hub is only reachable where the network allows it).
+    hub name (the hub is only reachable where the network allows it). A hub name that is not in
+    the local Hugging Face cache while the Hub is offline raises ``OSError`` at once
+    (``hub_unavailable_reason``), instead of after transformers' minute of retries.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only to load a model
 
     torch_dtype = parse_dtype(dtype)
     path = resolve_model_path(name)
@@ -234,6 +322,10 @@ def load_model(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype
             )
     else:
+        if not os.path.exists(path):
+            why = hub_unavailable_reason(path)
+            if why is not None:
+                raise OSError(f"model={name!r}: {why}")
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.to(device)

@@ -13,9 +13,9 @@ import threading
 import pytest
 from conftest import data_file
 
-from latentseek_fast.data import gsm8k_gold, load_problems
-from latentseek_fast.extract import extract_answer, last_boxed
-from latentseek_fast.judge import is_correct, normalize_math_string
+from latentseek_fast.app.data import gsm8k_gold, load_problems
+from latentseek_fast.app.extract import extract_answer, last_boxed
+from latentseek_fast.app.judge import is_correct, judge_reply, normalize_math_string
 
 CROSS_PAIRS = 300  # math-verify costs ~10 ms a pair on a busy 2-core CPU: ~3 s
 
@@ -48,6 +48,15 @@ CROSS_PAIRS = 300  # math-verify costs ~10 ms a pair on a busy 2-core CPU: ~3 s
 )
 def test_is_correct(pred, gold, dataset, expected):
     assert is_correct(pred, gold, dataset) is expected
+
+
+def test_judge_reply_extracts_then_judges():
+    assert judge_reply("2 + 2 = 4, so \\boxed{4}.", "4", "gsm8k") == ("4", True)
+    assert judge_reply("2 + 2 = \\boxed{5}", "4", "gsm8k") == ("5", False)
+    assert judge_reply('{"final answer": "1,450"}', "1450", "gsm8k", style="json") == ("1450", True)
+    assert judge_reply("the answer is \\boxed{\\frac{1}{2}}", "0.5", "math500") == ("\\frac{1}{2}", True)
+    assert judge_reply("\\boxed{4}", None, "gsm8k") == ("4", False)  # no gold: never correct
+    assert judge_reply("no number here", "4", "gsm8k") == (None, False)
 
 
 def test_is_correct_unknown_dataset_names_it():

@@ -8,10 +8,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import data_file
+from conftest import data_file, write_jsonl
 
-from latentseek_fast.data import DATASETS, Problem, gsm8k_gold, load_problems
-from latentseek_fast.demo import demo_problems, get_demo
+from latentseek_fast.app.data import (
+    DATASETS,
+    DEFAULT_FIELDS,
+    Problem,
+    check_dataset,
+    gsm8k_gold,
+    load_problems,
+)
+from latentseek_fast.app.demo import demo_problems, get_demo
+from latentseek_fast.app.extract import extract_answer
+from latentseek_fast.app.judge import judge_reply
 
 GSM_ROWS = [
     {"question": "Ann has 2 cats and gets 3 more. How many cats?", "answer": "2 + 3 = 5\n#### 5"},
@@ -39,11 +48,6 @@ AIME_ROWS = [
     {"ID": "2024-I-1", "Problem": "Find the remainder ...", "Solution": "...", "Answer": 33},
     {"ID": "2024-I-2", "Problem": "How many ...", "Solution": "...", "Answer": 25},
 ]
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _save_to_disk_layout(folder: Path, rows, split="test", shards=1):
@@ -93,7 +97,7 @@ def _check_gsm(problems):
 
 
 def test_jsonl_autodetects_gsm8k(tmp_path):
-    _check_gsm(load_problems(_write_jsonl(tmp_path / "rows.jsonl", GSM_ROWS)))
+    _check_gsm(load_problems(write_jsonl(tmp_path / "rows.jsonl", GSM_ROWS)))
 
 
 @pytest.mark.parametrize("layout", ["list", "data", "columns"])
@@ -105,6 +109,15 @@ def test_json_layouts(tmp_path, layout):
     }[layout]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(value))
+    _check_gsm(load_problems(path))
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.json"])
+def test_utf8_bom_is_read(tmp_path, name):
+    """Files written by common Windows tools start with a UTF-8 byte-order mark."""
+    text = json.dumps(GSM_ROWS) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in GSM_ROWS)
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     _check_gsm(load_problems(path))
 
 
@@ -120,7 +133,7 @@ def test_parquet_aime(tmp_path):
 
 
 def test_math500_jsonl(tmp_path):
-    problems = load_problems(_write_jsonl(tmp_path / "test.jsonl", MATH_ROWS))
+    problems = load_problems(write_jsonl(tmp_path / "test.jsonl", MATH_ROWS))
     assert [p.dataset for p in problems] == ["math500"] * 2
     assert [p.gold for p in problems] == ["\\frac{3}{4}", "8"]
     assert problems[0].id == "test/algebra/1.json" and problems[0].meta["level"] == 1
@@ -146,18 +159,18 @@ def test_save_to_disk_dataset_dict(tmp_path):
 
 def test_explicit_dataset_and_fields(tmp_path):
     rows = [{"q": "What is 2 + 2?", "a": "4", "extra": 1}]
-    path = _write_jsonl(tmp_path / "custom.jsonl", rows)
+    path = write_jsonl(tmp_path / "custom.jsonl", rows)
     (p,) = load_problems(path, dataset="gsm8k", question_field="q", answer_field="a")
     assert (p.question, p.gold, p.meta) == ("What is 2 + 2?", "4", {"extra": 1, "solution": "4"})
 
 
 def test_field_errors_name_the_field_and_the_fields_present(tmp_path):
-    path = _write_jsonl(tmp_path / "gsm8k_rows.jsonl", GSM_ROWS)
+    path = write_jsonl(tmp_path / "gsm8k_rows.jsonl", GSM_ROWS)
     with pytest.raises(ValueError, match=r"'prompt'.*fields present: \['question', 'answer'\]"):
         load_problems(path, question_field="prompt")
     with pytest.raises(ValueError, match=r"'Problem'.*fields present"):
         load_problems(path, dataset="aime")
-    odd = _write_jsonl(tmp_path / "odd.jsonl", [{"text": "x", "label": 1}])
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"text": "x", "label": 1}])
     with pytest.raises(ValueError, match=r"cannot tell the data set.*'text'"):
         load_problems(odd)
     with pytest.raises(ValueError, match="gsm9k"):
@@ -166,8 +179,36 @@ def test_field_errors_name_the_field_and_the_fields_present(tmp_path):
         load_problems(tmp_path / "missing.jsonl")
 
 
-def test_datasets_constant():
-    assert DATASETS == ("gsm8k", "math500", "aime")
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_data_set_name_loads_extracts_and_judges(tmp_path, dataset):
+    """Each name of ``DATASETS`` is one the whole pipeline knows: rows with its default fields
+    load under that name and are detected as it, and its answers are extracted and judged."""
+    question, answer = DEFAULT_FIELDS[dataset]
+    path = write_jsonl(tmp_path / "rows.jsonl", [{question: "What is 3 + 4?", answer: "7"}])
+    (named,) = load_problems(path, dataset=dataset)
+    (detected,) = load_problems(path)
+    assert named == detected
+    assert (named.dataset, named.question, named.gold) == (dataset, "What is 3 + 4?", "7")
+    assert judge_reply("3 + 4 = \\boxed{7}", named.gold, dataset) == ("7", True)
+    assert check_dataset(dataset) == dataset
+
+
+def test_unknown_data_set_names_the_allowed_ones():
+    message = re.escape("dataset='gsm9k': allowed values are ('gsm8k', 'math500', 'aime')")
+    for call in (lambda: check_dataset("gsm9k"), lambda: extract_answer("\\boxed{1}", "gsm9k")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match=re.escape("style='xml': allowed values are ('boxed', 'json')")):
+        extract_answer("\\boxed{1}", "gsm8k", style="xml")
+
+
+def test_top_level_exports_are_the_application_s_loaders():
+    import latentseek_fast
+    from latentseek_fast.app import models
+
+    assert latentseek_fast.load_problems is load_problems
+    assert latentseek_fast.load_model is models.load_model
+    assert {"load_model", "load_problems"} <= set(dir(latentseek_fast))
 
 
 def test_demo_problems():
@@ -230,3 +271,52 @@ def test_real_aime24_test_set():
         assert all(re.fullmatch(r"\d{1,3}", p.gold) for p in problems)
         assert [p.question for p in problems] == [r["problem"] for r in rows]
         assert all(p.meta["url"].startswith("https://artofproblemsolving.com/") for p in problems)
+
+
+def test_null_or_blank_answer_is_no_gold(tmp_path):
+    """A row without a ground truth loads with ``gold=None`` (so no PSRM is built on ``""``)."""
+    rows = [
+        {"question": "Q0?", "answer": "#### 4"},
+        {"question": "Q1?", "answer": None},
+        {"question": "Q2?", "answer": "   "},
+        {"question": "Q3?", "answer": "steps\n#### "},
+    ]
+    golds = [p.gold for p in load_problems(write_jsonl(tmp_path / "g.jsonl", rows))]
+    assert golds == ["4", None, None, None]
+    rows = [{"problem": "P?", "answer": ""}, {"problem": "P?", "answer": "8"}]
+    golds = [p.gold for p in load_problems(write_jsonl(tmp_path / "m.jsonl", rows), dataset="math500")]
+    assert golds == [None, "8"]
+
+
+def test_split_is_only_for_dataset_dict_folders(tmp_path):
+    path = write_jsonl(tmp_path / "gsm8k_rows.jsonl", GSM_ROWS)
+    with pytest.raises(ValueError, match=r"split='test': .* is a file; only a DatasetDict folder has splits"):
+        load_problems(path, split="test")
+    folder = tmp_path / "one"
+    _save_to_disk_layout(folder, MATH_ROWS)
+    assert len(load_problems(folder)) == 2
+    with pytest.raises(ValueError, match=r"split='train': .* is not a DatasetDict folder"):
+        load_problems(folder, split="train")
+
+
+def test_option_names_spell_the_options_in_errors(tmp_path):
+    """The errors name the keyword arguments, or the CLI's flags when it passes them."""
+    flags = {"dataset": "--dataset", "question_field": "--question-field", "answer_field": "--answer-field"}
+    flags["split"] = "--split"
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"q": "x", "a": "1"}])
+    with pytest.raises(ValueError, match=r"pass dataset= \(one of gsm8k, math500, aime\).*question_field="):
+        load_problems(odd)
+    with pytest.raises(ValueError, match=r"pass --dataset \(one of .*\) and, if needed, --question-field/"):
+        load_problems(odd, option_names=flags)
+    with pytest.raises(ValueError, match=r"pass question_field= to choose another"):
+        load_problems(odd, dataset="gsm8k")
+    with pytest.raises(ValueError, match=r"--answer-field b: no such field"):
+        load_problems(odd, dataset="gsm8k", question_field="q", answer_field="b", option_names=flags)
+    root = tmp_path / "dict"
+    _save_to_disk_layout(root / "train", MATH_ROWS[:1], split="train")
+    _save_to_disk_layout(root / "dev", MATH_ROWS, split="dev")
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "dev"]}))
+    with pytest.raises(ValueError, match=r"choose one with split= or"):
+        load_problems(root)
+    with pytest.raises(ValueError, match=r"choose one with --split or"):
+        load_problems(root, option_names=flags)

@@ -1,4 +1,4 @@
-"""dist.py: the torchrun environment, device and threads, sharding, shard files and the merge,
+"""app/torchrun: the torchrun environment, device and threads, sharding, shard files and the merge,
 in-process and through real 2- and 3-process gloo runs launched by torchrun."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_driver import row_of  # noqa: E402
 
-from latentseek_fast import dist  # noqa: E402
-from latentseek_fast.dist import DistEnv  # noqa: E402
+from latentseek_fast.app import torchrun  # noqa: E402
+from latentseek_fast.app.torchrun import DistEnv  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = str(Path(__file__).resolve().parent / "dist_driver.py")
 
 
@@ -29,16 +29,16 @@ DRIVER = str(Path(__file__).resolve().parent / "dist_driver.py")
 
 
 def test_env_plain_process_is_rank_0_of_1():
-    assert dist.dist_env({}) == DistEnv(0, 0, 1, 1)
+    assert torchrun.dist_env({}) == DistEnv(0, 0, 1, 1)
     assert not DistEnv().distributed and DistEnv().is_main
 
 
 def test_env_reads_torchrun_variables():
-    env = dist.dist_env({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})
+    env = torchrun.dist_env({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})
     assert env == DistEnv(rank=5, local_rank=1, world_size=8, local_world_size=4)
     assert env.distributed and not env.is_main
     # Without the local pair: one node, so local == global.
-    assert dist.dist_env({"RANK": "1", "WORLD_SIZE": "3"}) == DistEnv(1, 1, 3, 3)
+    assert torchrun.dist_env({"RANK": "1", "WORLD_SIZE": "3"}) == DistEnv(1, 1, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -55,49 +55,52 @@ def test_env_reads_torchrun_variables():
 )
 def test_env_errors_name_the_variable(environ, match):
     with pytest.raises(ValueError, match=re.escape(match)):
-        dist.dist_env(environ)
+        torchrun.dist_env(environ)
 
 
 def test_device_per_local_rank():
     env = DistEnv(rank=3, local_rank=1, world_size=4, local_world_size=2)
-    assert dist.resolve_device(env, None, cuda_available=True, device_count=2) == "cuda:1"
-    assert dist.resolve_device(env, "cuda", cuda_available=True, device_count=2) == "cuda:1"
-    assert dist.resolve_device(env, None, cuda_available=False, device_count=0) == "cpu"
-    assert dist.resolve_device(env, "cpu", cuda_available=True, device_count=2) == "cpu"
-    assert dist.resolve_device(DistEnv(1, 0, 2, 1), "cuda:1", cuda_available=True, device_count=2) == "cuda:1"
+    assert torchrun.resolve_device(env, None, cuda_available=True, device_count=2) == "cuda:1"
+    assert torchrun.resolve_device(env, "cuda", cuda_available=True, device_count=2) == "cuda:1"
+    assert torchrun.resolve_device(env, None, cuda_available=False, device_count=0) == "cpu"
+    assert torchrun.resolve_device(env, "cpu", cuda_available=True, device_count=2) == "cpu"
+    assert (
+        torchrun.resolve_device(DistEnv(1, 0, 2, 1), "cuda:1", cuda_available=True, device_count=2)
+        == "cuda:1"
+    )
     with pytest.raises(
         ValueError, match=r"--device cuda:0: with 2 processes per node each needs its own GPU"
     ):
-        dist.resolve_device(env, "cuda:0", cuda_available=True, device_count=2)
-    assert dist.resolve_device(DistEnv(), None, cuda_available=True, device_count=1) == "cuda:0"
+        torchrun.resolve_device(env, "cuda:0", cuda_available=True, device_count=2)
+    assert torchrun.resolve_device(DistEnv(), None, cuda_available=True, device_count=1) == "cuda:0"
     with pytest.raises(ValueError, match=r"LOCAL_RANK=1: only 1 CUDA device"):
-        dist.resolve_device(env, None, cuda_available=True, device_count=1)
+        torchrun.resolve_device(env, None, cuda_available=True, device_count=1)
     with pytest.raises(ValueError, match="no CUDA device"):
-        dist.resolve_device(env, "cuda", cuda_available=False, device_count=0)
+        torchrun.resolve_device(env, "cuda", cuda_available=False, device_count=0)
 
 
 def test_threads_split_the_node_on_cpu_only():
     two = DistEnv(rank=0, local_rank=0, world_size=4, local_world_size=2)
-    assert dist.resolve_threads(two, None, "cpu", cores=16) == 8
-    assert dist.resolve_threads(DistEnv(0, 0, 3, 3), None, "cpu", cores=16) == 5
-    assert dist.resolve_threads(DistEnv(0, 0, 3, 3), None, "cpu", cores=2) == 1  # never 0
-    assert dist.resolve_threads(two, 3, "cpu", cores=16) == 3  # --threads wins
-    assert dist.resolve_threads(two, None, "cuda:0", cores=16) is None  # GPU: leave torch's default
-    assert dist.resolve_threads(DistEnv(), None, "cpu", cores=16) is None  # plain run: as today
+    assert torchrun.resolve_threads(two, None, "cpu", cores=16) == 8
+    assert torchrun.resolve_threads(DistEnv(0, 0, 3, 3), None, "cpu", cores=16) == 5
+    assert torchrun.resolve_threads(DistEnv(0, 0, 3, 3), None, "cpu", cores=2) == 1  # never 0
+    assert torchrun.resolve_threads(two, 3, "cpu", cores=16) == 3  # --threads wins
+    assert torchrun.resolve_threads(two, None, "cuda:0", cores=16) is None  # GPU: leave torch's default
+    assert torchrun.resolve_threads(DistEnv(), None, "cpu", cores=16) is None  # plain run: as today
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="--threads"):
-            dist.resolve_threads(two, bad, "cpu", cores=16)
+            torchrun.resolve_threads(two, bad, "cpu", cores=16)
 
 
 # ---------------------------------------------------------------- sharding
 
 
 def test_shard_is_round_robin_over_what_is_left():
-    assert dist.shard(range(7), 0, 2) == [0, 2, 4, 6]
-    assert dist.shard(range(7), 1, 2) == [1, 3, 5]
-    assert dist.shard([9, 4, 7, 1, 3], 0, 2, done={4}) == [9, 1]
-    assert dist.shard([9, 4, 7, 1, 3], 1, 2, done={4}) == [7, 3]
-    assert dist.shard(range(2), 2, 3) == []
+    assert torchrun.shard(range(7), 0, 2) == [0, 2, 4, 6]
+    assert torchrun.shard(range(7), 1, 2) == [1, 3, 5]
+    assert torchrun.shard([9, 4, 7, 1, 3], 0, 2, done={4}) == [9, 1]
+    assert torchrun.shard([9, 4, 7, 1, 3], 1, 2, done={4}) == [7, 3]
+    assert torchrun.shard(range(2), 2, 3) == []
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def test_shard_is_round_robin_over_what_is_left():
 )
 def test_shard_validates(args, match):
     with pytest.raises(ValueError, match=match):
-        dist.shard(*args)
+        torchrun.shard(*args)
 
 
 indices_st = st.lists(st.integers(0, 10_000), unique=True, max_size=60)
@@ -122,13 +125,13 @@ indices_st = st.lists(st.integers(0, 10_000), unique=True, max_size=60)
 @given(indices=indices_st, world=st.integers(1, 9), data=st.data())
 def test_every_remaining_index_exactly_once(indices, world, data):
     done = set(data.draw(st.lists(st.sampled_from(indices), unique=True) if indices else st.just([])))
-    shares = [dist.shard(indices, r, world, done) for r in range(world)]
+    shares = [torchrun.shard(indices, r, world, done) for r in range(world)]
     flat = [i for s in shares for i in s]
     assert sorted(flat) == sorted(set(indices) - done)  # each remaining index once, nothing else
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
     for s in shares:  # each share keeps the given order
         assert s == [i for i in indices if i in set(s)]
-    assert shares == [dist.shard(list(indices), r, world, set(done)) for r in range(world)]
+    assert shares == [torchrun.shard(list(indices), r, world, set(done)) for r in range(world)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -137,10 +140,10 @@ def test_resharding_after_partial_run_covers_exactly_the_rest(indices, w1, w2, d
     # Run 1 with w1 ranks: each rank finished some prefix of its share, then the run was killed.
     finished = set()
     for r in range(w1):
-        share = dist.shard(indices, r, w1)
+        share = torchrun.shard(indices, r, w1)
         finished |= set(share[: data.draw(st.integers(0, len(share)))])
     # Run 2 with w2 ranks re-shards what is left.
-    shares = [dist.shard(indices, r, w2, finished) for r in range(w2)]
+    shares = [torchrun.shard(indices, r, w2, finished) for r in range(w2)]
     flat = [i for s in shares for i in s]
     assert len(flat) == len(set(flat))
     assert set(flat) | finished == set(indices) and not set(flat) & finished
@@ -161,7 +164,7 @@ def _lines(path) -> list[dict]:
 
 def test_shard_paths_and_discovery(tmp_path):
     out = tmp_path / "results.jsonl"
-    assert dist.shard_path(out, 1, 2) == f"{out}.rank1-of-2"
+    assert torchrun.shard_path(out, 1, 2) == f"{out}.rank1-of-2"
     names = [
         "results.jsonl.rank1-of-2",
         "results.jsonl.rank0-of-10",
@@ -176,14 +179,14 @@ def test_shard_paths_and_discovery(tmp_path):
     ]
     for n in names:
         (tmp_path / n).write_text("")
-    found = [os.path.basename(p) for p in dist.find_shards(out)]
+    found = [os.path.basename(p) for p in torchrun.find_shards(out)]
     assert found == [
         "results.jsonl.rank0-of-2",
         "results.jsonl.rank1-of-2",
         "results.jsonl.rank2-of-3",
         "results.jsonl.rank0-of-10",
     ]
-    assert dist.find_shards(tmp_path / "missing_dir" / "r.jsonl") == []
+    assert torchrun.find_shards(tmp_path / "missing_dir" / "r.jsonl") == []
 
 
 def test_merge_puts_every_file_into_out_sorted(tmp_path):
@@ -193,7 +196,7 @@ def test_merge_puts_every_file_into_out_sorted(tmp_path):
     _write(f"{out}.rank1-of-2", [row_of(1), row_of(4)])  # 4 again: left by a killed earlier merge
     _write(f"{out}.rank2-of-3", [row_of(5)])
     (tmp_path / "r.jsonl.merging").write_text("stale")
-    rows = dist.merge_shards(out, expected={0, 1, 2, 4, 5, 6})
+    rows = torchrun.merge_shards(out, expected={0, 1, 2, 4, 5, 6})
     want = [row_of(i) for i in (0, 1, 2, 4, 5, 6)]
     assert rows == want and _lines(out) == want
     assert sorted(os.listdir(tmp_path)) == ["r.jsonl"]
@@ -203,13 +206,13 @@ def test_merge_refuses_to_lose_reported_rows(tmp_path):
     out = tmp_path / "r.jsonl"
     _write(f"{out}.rank0-of-2", [row_of(0)])
     with pytest.raises(ValueError, match=r"problems \[1\] were reported written.*file system"):
-        dist.merge_shards(out, expected={0, 1})
+        torchrun.merge_shards(out, expected={0, 1})
     assert sorted(os.listdir(tmp_path)) == ["r.jsonl.rank0-of-2"]  # nothing replaced or removed
 
 
 def _plain_run(out, n, resume=False, fail_at=None):
     """The driver's loop in this process (world size 1)."""
-    with dist.sharded_results(out, list(range(n)), resume=resume, environ={}) as run:
+    with torchrun.sharded_results(out, list(range(n)), resume=resume, environ={}) as run:
         for i in run.todo:
             if i == fail_at:
                 raise KeyError(i)
@@ -246,28 +249,28 @@ def test_single_process_resume_counts_every_shard_of_any_world_size(tmp_path):
 
 def test_append_only_this_ranks_problems(tmp_path):
     with pytest.raises(ValueError, match=r"row index 7: rank 0 was given \[0, 1\]"):
-        with dist.sharded_results(tmp_path / "r.jsonl", [0, 1], environ={}) as run:
+        with torchrun.sharded_results(tmp_path / "r.jsonl", [0, 1], environ={}) as run:
             run.append(row_of(7))
 
 
 def test_record_helpers_write_torchruns_error_file(tmp_path, monkeypatch):
     calls = []
-    wrapped = dist.record(lambda x: calls.append(x) or 7)
+    wrapped = torchrun.record(lambda x: calls.append(x) or 7)
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     assert wrapped(1) == 7 and calls == [1]  # plain run: untouched
-    dist.record_error(ValueError("ignored"))  # plain run: a no-op
+    torchrun.record_error(ValueError("ignored"))  # plain run: a no-op
     err = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(err))
     try:
         raise ValueError("bad --limit -3")
     except ValueError as exc:
-        dist.record_error(exc)
+        torchrun.record_error(exc)
     message = json.loads(err.read_text())["message"]
     assert message["message"] == "ValueError: bad --limit -3"
     assert "raise ValueError" in message["extraInfo"]["py_callstack"]
     err.unlink()
 
-    @dist.record
+    @torchrun.record
     def entry():
         raise KeyError("crashed")
 

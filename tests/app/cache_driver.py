@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as tdist
 
-from latentseek_fast import models
+from latentseek_fast.app import models
 
 # Enough for rank --first to take the conversion lock: loading the tiny fake takes well under 1 s.
 FIRST_HEAD_START_S = 3.0

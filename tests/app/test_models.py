@@ -1,6 +1,7 @@
 """Model loading: the embedded GGUF, a GGUF path, HF directories, and the missing-package error."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from latentseek_fast import models
+from latentseek_fast.app import models
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):
@@ -154,3 +155,48 @@ def test_torchrun_ranks_convert_the_embedded_gguf_on_a_cold_cache(smol, tmp_path
     assert _sums(log) == {"0": expected, "1": expected}, log
     (entry,) = [d for d in cache.iterdir() if d.is_dir()]
     assert models._is_complete(entry)
+
+
+def _fake_hub_cache(root, repo: str, config: dict) -> None:
+    """The layout huggingface_hub's cache uses for ``repo`` holding one ``config.json``."""
+    d = root / ("models--" + repo.replace("/", "--"))
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "main").write_text("0" * 40)
+    snap = d / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(config))
+
+
+def test_hub_name_offline_is_refused_at_once_unless_cached(monkeypatch, tmp_path):
+    """Offline, a Hub name that is not cached fails on the first attempt with the reason; one in the
+    local cache may load (``hub_unavailable_reason`` None), and its head shape is known."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    why = models.hub_unavailable_reason("org/absent")
+    assert "not in the Hugging Face cache" in why and "HF_HUB_OFFLINE is set" in why
+    with pytest.raises(OSError, match=r"model='org/absent': not a local path .* HF_HUB_OFFLINE is set"):
+        models.load_model("org/absent")
+    _fake_hub_cache(tmp_path, "org/cached", {"vocab_size": 100, "hidden_size": 8})
+    assert models.hub_unavailable_reason("org/cached") is None
+    assert models.head_shape("org/cached") == (100, 8)
+    assert models.head_shape("org/absent") is None
+
+
+def test_hub_name_with_no_connection(monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://hub.invalid")
+    for var in models._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    why = models.hub_unavailable_reason("org/absent")
+    assert why is not None and "hub.invalid:443 cannot be reached" in why
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the proxy decides: try the Hub
+    assert models.hub_unavailable_reason("org/absent") is None
+
+
+def test_head_shape_without_loading(tiny_model_dir, tmp_path):
+    assert models.head_shape(tiny_model_dir) == (49152, 32)
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"vocab_size": 7, "hidden_size": 3}}))
+    assert models.head_shape(str(tmp_path)) == (7, 3)
+    assert models.head_shape(str(tmp_path / "missing")) is None

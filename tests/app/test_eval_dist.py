@@ -8,16 +8,16 @@ same rows. Timings differ between runs and are left out of the comparisons.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import write_jsonl
 
-from latentseek_fast.results import read_results
+from latentseek_fast.app.results import read_results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # rho 0.5 of 6 tokens gives L = 3 (the default 0.1 would give L = 0 and no iteration); one
 # thread in every process, so no run differs from another by its thread count.
 FAST = ["--max-new-tokens", "6", "--max-steps", "2", "--rho", "0.5", "--threads", "1", "--device", "cpu"]
@@ -26,10 +26,8 @@ VOLATILE = ("timings", "seconds", "reused")
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [{"question": f"What is {i} + {2 * i}?", "answer": f"#### {3 * i}"} for i in range(5)]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(p)
+    return str(write_jsonl(tmp_path_factory.mktemp("data") / "mini.jsonl", rows))
 
 
 def _eval(tiny_model_dir, data_file, out, *extra, nproc=None):
@@ -37,7 +35,7 @@ def _eval(tiny_model_dir, data_file, out, *extra, nproc=None):
     cmd = [sys.executable]
     if nproc is not None:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += ["-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir, "--data", data_file]
+    cmd += ["-m", "latentseek_fast", "eval", "--model", tiny_model_dir, "--data", data_file]
     cmd += ["--out", str(out), *FAST, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     return p.returncode, p.stdout + p.stderr

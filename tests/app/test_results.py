@@ -11,10 +11,13 @@ import sys
 import time
 
 import pytest
+from conftest import write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentseek_fast import results as R
+from latentseek_fast.app import results as R
+from latentseek_fast.app.data import Problem
+from latentseek_fast.engine.result import SeekResult
 
 
 def _row(i: int, **kw) -> dict:
@@ -90,6 +93,41 @@ def test_torn_whole_row_is_kept(tmp_path):
     assert p.read_bytes() == data
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def test_leading_bom_is_read_and_kept(tmp_path):
+    """A file that a Windows tool saved starts with a UTF-8 BOM: read it, resume it, keep the BOM."""
+    p = tmp_path / "r.jsonl"
+    lines = _lines(_write(tmp_path / "x.jsonl", [0, 1]))
+    p.write_bytes(BOM + lines[0] + lines[1][:9])  # row 1 torn after its first bytes
+    assert R.read_results(p) == [_row(0)]
+    with R.ResultsWriter(p, resume=True) as w:
+        assert w.done == {0}
+        w.append(_row(1))
+    assert p.read_bytes() == BOM + lines[0] + lines[1]
+    p.write_bytes(BOM + lines[0][:5])  # only the start of the first row after the BOM
+    with R.ResultsWriter(p, resume=True) as w:
+        assert w.done == set()
+    assert p.read_bytes() == BOM
+
+
+def test_bom_elsewhere_and_directories_are_named(tmp_path):
+    p = tmp_path / "joined.jsonl"
+    lines = _lines(_write(tmp_path / "x.jsonl", [0, 1]))
+    p.write_bytes(BOM + lines[0] + BOM + lines[1])  # two BOM files joined by cat
+    with pytest.raises(R.ResultsError, match=r"joined.jsonl:2: a UTF-8 byte-order mark starts this line"):
+        R.read_results(p)
+    with pytest.raises(R.ResultsError, match=r"joined.jsonl:2: a UTF-8 byte-order mark"):
+        R.ResultsWriter(p, resume=True)
+    assert p.read_bytes() == BOM + lines[0] + BOM + lines[1]
+    with pytest.raises(R.ResultsError, match=f"{re.escape(str(tmp_path))}: a directory, not a results file"):
+        R.read_results(tmp_path)
+    for resume in (False, True):
+        with pytest.raises(R.ResultsError, match="a directory, not a results file"):
+            R.ResultsWriter(tmp_path, resume=resume)
+
+
 def test_summary_counts_each_problem_once():
     rows = [_row(0), _row(0, correct=False), _row(1), _row(1)]
     s = R.summarize(rows)
@@ -97,6 +135,33 @@ def test_summary_counts_each_problem_once():
     assert R.summarize(rows, indices=[1])["problems"] == 1
     assert "| 2 |" in R.format_summary(s)
     assert R.format_summary(R.summarize([])) == "no problems evaluated"
+
+
+def test_eval_row_judges_every_iteration_and_is_a_results_row():
+    """``eval_row``: the row of a seek whose original answer was wrong and whose second iteration
+    was right carries each iteration's prediction and correctness, aligned with ``rewards``."""
+    texts = ["so \\boxed{6}", "so \\boxed{8}", "so \\boxed{7}"]
+    timings = {"generate": 1.5, "latent": 0.25, "decode": 0.5, "reward": 0.0}
+    res = SeekResult(
+        answer=texts[-1], answer_ids=[1, 2], original_answer=texts[0], original_ids=[1],
+        rewards=[-1.0, -1.0, 0.0], original_length=4, update_length=1, final_length=5, iterations=2,
+        stopped="threshold", backend="torch", timings=timings, reused=1, texts=texts,
+    )  # fmt: skip
+    problem = Problem(id="p7", question="What is 3 + 4?", gold="7", dataset="gsm8k")
+    row = R.eval_row(12, problem, res, style="boxed", reward="psrm")
+    assert R.check_row(row) is row and json.loads(json.dumps(row)) == row
+    expected = {
+        "index": 12, "id": "p7", "dataset": "gsm8k", "question": "What is 3 + 4?", "gold": "7",
+        "original_answer": texts[0], "answer": texts[-1], "original_pred": "6", "pred": "7",
+        "original_correct": False, "correct": True, "iter_preds": ["6", "8", "7"],
+        "iter_correct": [False, False, True], "reward": "psrm", "rewards": [-1.0, -1.0, 0.0],
+        "iterations": 2, "stopped": "threshold", "original_length": 4, "final_length": 5,
+        "update_length": 1, "backend": "torch", "reused": 1, "timings": timings, "seconds": 2.25,
+    }  # fmt: skip
+    assert row == expected
+    no_gold = Problem(id="q", question="?", gold=None, dataset="gsm8k")
+    row = R.eval_row(0, no_gold, res, style="boxed", reward="self")
+    assert row["iter_preds"] == ["6", "8", "7"] and row["iter_correct"] == [False, False, False]
 
 
 def test_merge_shards(tmp_path):
@@ -234,14 +299,12 @@ FAST = ["--max-new-tokens", "4", "--max-steps", "1", "--rho", "0.5", "--threads"
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "mini.jsonl"
     rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(p)
+    return str(write_jsonl(tmp_path_factory.mktemp("data") / "mini.jsonl", rows))
 
 
 def _eval_cmd(tiny_model_dir, data_file, out, *extra):
-    head = [sys.executable, "-m", "latentseek_fast.cli", "eval", "--model", tiny_model_dir]
+    head = [sys.executable, "-m", "latentseek_fast", "eval", "--model", tiny_model_dir]
     head += ["--data", data_file]
     return [*head, "--out", str(out), *FAST, *extra]
 
@@ -260,32 +323,33 @@ def _one_line_error(proc, *needles):
         assert n in lines[0], lines[0]
 
 
+def _eval_refuses_and_keeps(tiny_model_dir, data_file, out, data: bytes, limit: str, *needles):
+    """``eval --resume`` on ``out`` holding ``data``: one ``error:`` line with ``needles``, and
+    ``out`` left byte for byte as it was."""
+    out.write_bytes(data)
+    _one_line_error(_eval(tiny_model_dir, data_file, out, "--limit", limit, "--resume"), *needles)
+    assert out.read_bytes() == data
+
+
 def test_eval_blank_line_stops_and_keeps_every_row(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "r.jsonl"
     lines = _lines(_write(out, [0, 1, 2]))
     data = lines[0] + b"\n" + lines[1] + lines[2]
-    out.write_bytes(data)
-    proc = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--resume")
-    _one_line_error(proc, f"{out}:2: blank line")
-    assert out.read_bytes() == data
+    _eval_refuses_and_keeps(tiny_model_dir, data_file, out, data, "1", f"{out}:2: blank line")
 
 
 def test_eval_corrupted_first_line_leaves_file(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "r.jsonl"
     data = b'{"index": 0, "id": "gsm8k-0", "orig}\n' + b"".join(_lines(_write(tmp_path / "x.jsonl", [1, 2])))
-    out.write_bytes(data)
-    proc = _eval(tiny_model_dir, data_file, out, "--limit", "0", "--resume")
-    _one_line_error(proc, f"{out}:1: not JSON")
-    assert out.read_bytes() == data
+    _eval_refuses_and_keeps(tiny_model_dir, data_file, out, data, "1", f"{out}:1: not JSON")
 
 
 def test_eval_resume_on_a_non_results_file(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "data_copy.jsonl"
     data = open(data_file, "rb").read().replace(b", ", b",  ")
-    out.write_bytes(data)
-    proc = _eval(tiny_model_dir, data_file, out, "--limit", "1", "--resume")
-    _one_line_error(proc, f"{out}:1: missing keys", "not a results row")
-    assert out.read_bytes() == data
+    _eval_refuses_and_keeps(
+        tiny_model_dir, data_file, out, data, "1", f"{out}:1: missing keys", "not a results row"
+    )
 
 
 def test_eval_summary_counts_each_problem_once(tiny_model_dir, data_file, tmp_path):
@@ -297,6 +361,23 @@ def test_eval_summary_counts_each_problem_once(tiny_model_dir, data_file, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["problems"] == 2
     assert out.read_bytes() == data
+
+
+def test_eval_resume_reads_a_bom_file(tiny_model_dir, data_file, tmp_path):
+    """Every selected problem is in the file already: the rows are read, no model is loaded."""
+    out = tmp_path / "r.jsonl"
+    data = BOM + b"".join(_lines(_write(tmp_path / "x.jsonl", [0, 1])))
+    out.write_bytes(data)
+    proc = _eval(tiny_model_dir, data_file, out, "--limit", "2", "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["problems"] == 2
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_eval_out_is_a_directory(tiny_model_dir, data_file, tmp_path, resume):
+    proc = _eval(tiny_model_dir, data_file, tmp_path, "--limit", "1", *resume)
+    _one_line_error(proc, f"--out {tmp_path}: a directory", os.path.join(str(tmp_path), "results.jsonl"))
 
 
 def _holds_flock(pid: int, path) -> bool:

@@ -1,4 +1,4 @@
-"""A small sharded 'evaluation' for tests/test_dist.py, run as a plain process or under torchrun.
+"""A small sharded 'evaluation' for tests/app/test_torchrun.py, run as a plain process or under torchrun.
 
 Each problem's row is a pure function of its index, so the merged file of any run (any world
 size, any crash and resume) must equal that of one process. ``--fail-rank R --fail-after K``
@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from latentseek_fast import dist  # noqa: E402
+from latentseek_fast.app import torchrun  # noqa: E402
 
 
 def row_of(i: int) -> dict:
@@ -32,7 +32,7 @@ def row_of(i: int) -> dict:
     }
 
 
-@dist.record
+@torchrun.record
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--fail-after", type=int, default=0)
     p.add_argument("--fail-mode", choices=("raise", "kill"), default="raise")
     args = p.parse_args(argv)
-    with dist.sharded_results(args.out, list(range(args.problems)), resume=args.resume) as run:
+    with torchrun.sharded_results(args.out, list(range(args.problems)), resume=args.resume) as run:
         print(
             f"rank {run.env.rank}/{run.env.world_size} device {run.device} threads {run.threads} "
             f"todo {run.todo}",

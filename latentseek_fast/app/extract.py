@@ -15,6 +15,7 @@ import ast
 import json
 import re
 
+from .._util import check_choice
 from .data import check_dataset
 
 ANSWER_STYLES = ("boxed", "json")
@@ -32,14 +33,26 @@ THOUSANDS_ONLY = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
 def check_style(style: str) -> str:
-    if style not in ANSWER_STYLES:
-        raise ValueError(f"style={style!r}: allowed values are {ANSWER_STYLES}")
-    return style
+    """``style`` if it is one of ``ANSWER_STYLES``, else a ValueError naming the allowed values."""
+    return check_choice("style", style, ANSWER_STYLES)
 
 
 def strip_special_tokens(text: str) -> str:
     """Remove special tokens such as ``<|im_end|>`` / ``</s>`` from a decoded reply."""
     return _SPECIAL_TOKEN.sub("", text)
+
+
+def _closing_brace(text: str, i: int) -> int | None:
+    """The index of the ``}`` that closes the ``{`` at ``text[i]``, or None when it is unclosed."""
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
 
 
 def last_boxed(text: str) -> str | None:
@@ -53,14 +66,9 @@ def last_boxed(text: str) -> str | None:
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j]
+            j = _closing_brace(text, i)
+            if j is not None:
+                return text[i + 1 : j]
             continue  # unbalanced: try an earlier box
         tail = re.match(r"[^\s$]+", text[i:])
         if tail and i > m.end():
@@ -71,15 +79,9 @@ def last_boxed(text: str) -> str | None:
 def _balanced_objects(text: str):
     """Yield every ``{...}`` span with balanced braces, outermost first in text order."""
     for start in (i for i, ch in enumerate(text) if ch == "{"):
-        depth = 0
-        for j in range(start, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    yield start, text[start : j + 1]
-                    break
+        j = _closing_brace(text, start)
+        if j is not None:
+            yield start, text[start : j + 1]
 
 
 def _fix_escapes(s: str) -> str:

@@ -1,10 +1,13 @@
-"""Results files: the one module that reads, checks, locks, appends and merges them.
+"""Results files and their rows: the one module that says what a row holds, and that reads,
+checks, locks, appends and merges the files.
 
 A results file is JSONL: one JSON object per problem, each line ending in ``\\n``. Every row
 carries the problem's ``index`` in its data file (its first key) and the keys of ``ROW_KEYS``;
-``eval`` adds answers, predictions, rewards and timings. Rows may come in any order (a batched
-engine finishes problems out of order, torchrun ranks write shards); an index appears at most
-once in a file written here.
+``eval`` writes ``eval_row``'s row (answers, predictions, rewards and timings besides).
+Rows may come in any order (a batched engine finishes problems out of order, torchrun ranks
+write shards); an index appears at most once in a file written here. The row schema, the file
+format and its one writer are kept in this one module (about 440 lines) so that every rule about
+a results file has one home.
 
 What the module guarantees:
 
@@ -14,7 +17,8 @@ What the module guarantees:
   at any bad line (blank, not UTF-8, not JSON, not a row); the only exception is a torn last
   line, the bytes after the last newline that a killed write leaves. A torn line that is still
   a whole row is kept (its newline is added); one that is the start of a row is dropped and that
-  problem is run again.
+  problem is run again. A UTF-8 byte-order mark that starts the file (Windows tools write one)
+  is skipped; one anywhere else is a bad line.
 - One writer per file. :class:`ResultsWriter` holds an exclusive ``fcntl.flock`` on the file
   itself for its lifetime; a second writer (another process, or another open in this one) gets
   a ``ResultsError`` at once. The file is never replaced, so every writer sees the same inode.
@@ -28,7 +32,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable
+
+from .judge import judge_reply
 
 try:
     import fcntl
@@ -40,6 +47,7 @@ __all__ = [
     "ResultsError",
     "ResultsWriter",
     "check_row",
+    "eval_row",
     "format_summary",
     "merge",
     "read_results",
@@ -60,6 +68,7 @@ ROW_KEYS: dict[str, tuple[type, ...]] = {
 # How every row written here starts (``index`` is always its first key): a torn last line
 # must begin with (a prefix of) this to be recognised as an interrupted write of ours.
 _ROW_START = b'{"index": '
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 
 
 class ResultsError(ValueError):
@@ -84,6 +93,41 @@ def check_row(row, where: str = "row") -> dict:
     return row
 
 
+def eval_row(index: int, problem, result, *, style: str, reward: str) -> dict:
+    """The results row ``eval`` writes for ``problem`` (row ``index`` of its data file) from its
+    ``SeekResult``: answers, every iteration's prediction and correctness (``iter_preds`` and
+    ``iter_correct``, aligned with ``rewards``; what ``report`` plots), the ``reward`` it was scored
+    with (``psrm`` or ``self``), lengths, timings. ``style`` is the prompt style answers are read in.
+    """
+    judged = [judge_reply(text, problem.gold, problem.dataset, style) for text in result.texts]
+    return {
+        "index": index,
+        "id": problem.id,
+        "dataset": problem.dataset,
+        "question": problem.question,
+        "gold": problem.gold,
+        "original_answer": result.original_answer,
+        "answer": result.answer,
+        "original_pred": judged[0][0],
+        "pred": judged[-1][0],
+        "original_correct": judged[0][1],
+        "correct": judged[-1][1],
+        "iter_preds": [pred for pred, _ in judged],
+        "iter_correct": [ok for _, ok in judged],
+        "reward": reward,
+        "rewards": result.rewards,
+        "iterations": result.iterations,
+        "stopped": result.stopped,
+        "original_length": result.original_length,
+        "final_length": result.final_length,
+        "update_length": result.update_length,
+        "backend": result.backend,
+        "reused": result.reused,
+        "timings": result.timings,
+        "seconds": sum(result.timings.values()),
+    }
+
+
 def _encode(row: dict) -> bytes:
     """One line for ``row``: ``index`` first, ASCII JSON, no NaN/inf, a trailing newline."""
     ordered = {"index": row["index"], **{k: v for k, v in row.items() if k != "index"}}
@@ -97,7 +141,7 @@ def _parse(data: bytes, path: str) -> tuple[list[dict], int, bool]:
     ``rows[-1]`` (with the flag) when it is a whole row, ignored when it is the start of one.
     """
     rows: list[dict] = []
-    pos, lineno = 0, 0
+    pos, lineno = (len(_BOM) if data.startswith(_BOM) else 0), 0
     while True:
         nl = data.find(b"\n", pos)
         if nl < 0:
@@ -127,6 +171,11 @@ def _parse_line(line: bytes, path: str, lineno: int) -> dict:
         raise ResultsError(
             f"{where}: blank line; results files hold one JSON row per line; the file was left untouched"
         )
+    if line.startswith(_BOM):
+        raise ResultsError(
+            f"{where}: a UTF-8 byte-order mark starts this line; only the file's first line may have "
+            "one (were files with one joined, e.g. by cat?); the file was left untouched"
+        )
     try:
         row = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -135,6 +184,14 @@ def _parse_line(line: bytes, path: str, lineno: int) -> dict:
         return check_row(row, where)
     except ResultsError as exc:
         raise ResultsError(f"{exc}; the file was left untouched") from None
+
+
+def _not_a_directory(fd: int, path: str) -> None:
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        raise ResultsError(
+            f"{path}: a directory, not a results file (eval writes one JSONL file, e.g. "
+            f"{os.path.join(path, 'results.jsonl')})"
+        )
 
 
 def _read_fd(fd: int) -> bytes:
@@ -160,6 +217,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         return []
     try:
+        _not_a_directory(fd, path)
         return _parse(_read_fd(fd), path)[0]
     finally:
         os.close(fd)
@@ -222,9 +280,13 @@ class ResultsWriter:
         try:
             self._fd = os.open(self.path, flags, 0o644)
         except FileExistsError:
+            if os.path.isdir(self.path):
+                raise ResultsError(f"{self.path}: a directory, not a results file") from None
             raise ResultsError(
                 f"{self.path} exists: resume it (eval --resume) to continue it, or choose another file"
             ) from None
+        except IsADirectoryError:
+            raise ResultsError(f"{self.path}: a directory, not a results file") from None
         except OSError as exc:
             raise ResultsError(f"{self.path}: cannot open ({exc.strerror})") from None
         try:

@@ -1,0 +1,1 @@
+"""The application: the ``latentseek-fast`` command line, evaluation, results files, torchrun."""
