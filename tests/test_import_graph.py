@@ -1,4 +1,5 @@
-"""The package's modules import each other without a cycle, counting imports inside functions.
+"""The package's modules import each other without a cycle and only downwards through the layers
+(docs/architecture.md), counting imports inside functions.
 
 A cycle hidden by a function-level import still ties two layers together and breaks when the
 import moves; this walks every module's ``import`` statements with ``ast`` (wherever they are)
@@ -111,3 +112,55 @@ def test_the_walk_finds_a_cycle(tmp_path):
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# The layers, lowest first (docs/architecture.md); a module imports its own layer and those below.
+LAYERS = [
+    ("base", ("_util", "config", "backends")),
+    ("ops", ("ops", "kernels", "_ext")),
+    ("decoding", ("decoding",)),
+    ("prompts", ("prompts",)),
+    ("rewards", ("rewards",)),
+    ("engine", ("engine",)),
+    ("drop-in", ("compat", "baseline")),
+    ("app", ("app", "__main__")),
+]
+# Answer reading is shared: PSRM, the self-reward's format rule and the prompts use the
+# application's data-set names, extraction and judging (pure functions that import nothing above
+# the base layer; ``app/__init__.py`` imports nothing).
+SHARED_FROM_APP = {f"{PKG}.app", f"{PKG}.app.data", f"{PKG}.app.extract", f"{PKG}.app.judge"}
+
+
+# ``kernels/lpg/__init__.py`` only reads TRITON_INTERPRET (no triton): the backend choice asks it.
+BASE_EXACT = {"kernels"}
+
+
+def _layer(mod: str) -> int | None:
+    rest = mod[len(PKG) + 1 :]
+    if rest in BASE_EXACT:
+        return 0
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(rest == p or rest.startswith(p + ".") for p in prefixes):
+            return i
+    return None  # the package itself (lazy exports only)
+
+
+def test_imports_go_downwards():
+    mods = _modules()
+    graph = _edges(mods)
+    assert all(_layer(m) is not None for m in mods if m != PKG), [m for m in mods if _layer(m) is None]
+    upward = sorted(
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if _layer(m) is not None
+        and _layer(d) is not None
+        and _layer(d) > _layer(m)
+        and d not in SHARED_FROM_APP
+    )
+    assert not upward, "imports from a higher layer: " + "; ".join(upward)
+    for shared in SHARED_FROM_APP:  # what the library may take from the application stays a leaf
+        above_base = [
+            d for d in graph[shared] if _layer(d) is not None and _layer(d) > 0 and d not in SHARED_FROM_APP
+        ]
+        assert not above_base, f"{shared} imports {above_base}"

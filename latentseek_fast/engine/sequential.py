@@ -20,8 +20,8 @@ from ..config import SeekConfig
 from ..decoding import rows as decode_rows
 from ..decoding.decoder import CacheDecoder, Decoder
 from ..decoding.drafts import forward_positions
-from ..decoding.slots import HFDecoder
 from ..decoding.model import lm_head_of
+from ..decoding.slots import HFDecoder
 from ..decoding.stops import answer_stop_ids
 from ..prompts import build_prompt
 from ..rewards import make_reward

@@ -12,7 +12,7 @@ So a subclass changes what is asked in ``reply_prompts`` and how replies are rea
 
 from __future__ import annotations
 
-from ..decoding.batch import greedy_generate_batch
+from ..decoding import batch
 from .base import Reward
 
 
@@ -40,10 +40,10 @@ class ReplyReward(Reward):
     def generate_replies(self, prompts: list[str]) -> list[str]:
         """Greedy replies of ``model`` to ``prompts``, decoded without special tokens."""
         if self.batched:
-            ids = greedy_generate_batch(self.model, self.tokenizer, prompts, self.max_new_tokens)
+            ids = batch.greedy_generate_batch(self.model, self.tokenizer, prompts, self.max_new_tokens)
         else:
             ids = [
-                greedy_generate_batch(self.model, self.tokenizer, [p], self.max_new_tokens)[0]
+                batch.greedy_generate_batch(self.model, self.tokenizer, [p], self.max_new_tokens)[0]
                 for p in prompts
             ]
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
