@@ -115,7 +115,7 @@ assert all(keys.values()), keys
 
   # CUDA parity tests: the cuda-marked ones (exit 5 = none collected), then the op files (they run
   # their triton/native cases on the GPU here; the embedded model is absent: not slow).
-  op_tests=$(ls tests/test_latent_policy_grad.py tests/test_latent_adam*.py tests/test_gumbel.py 2>/dev/null || true)
+  op_tests=$(ls tests/ops/test_latent_policy_grad.py tests/ops/test_latent_adam*.py tests/ops/test_gumbel.py 2>/dev/null || true)
   stage cuda-tests "$T_CUDA_TESTS" "0 5" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/ -rfEs
   # shellcheck disable=SC2086
   stage op-tests "$T_OP_TESTS" "0 5" bash -c "set -o pipefail; '$PY' -m pytest -q -p no:cacheprovider \

@@ -7,7 +7,7 @@ once: the first prompt's row feeds it whole, the others fork its first positions
 way on an ``HFDecoder`` (one forward per step for all rows; a finished row takes no further
 part, and its slot is freed), or each prompt alone on a ``CacheDecoder`` where the slot store
 cannot serve the model (``slots.slot_support``). In exact arithmetic the tokens are those of
-each prompt decoded alone; ``tests/test_rewards.py`` checks it against a full recompute on a
+each prompt decoded alone; ``tests/rewards/test_rewards.py`` checks it against a full recompute on a
 tiny model and on the embedded model (where fp32 rounding may flip only near-ties).
 """
 

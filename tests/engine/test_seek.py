@@ -363,9 +363,37 @@ def test_model_dtype_latents_reproduce_research_rounding(tokenizer, latent_dtype
     assert res.answer_ids[:4] == model.lm_head(x2).argmax(-1).tolist()
 
 
-def test_fused_backend_runs_a_bf16_model(tokenizer):
-    res = _seek_bf16(make_tiny_model(dtype=torch.bfloat16), tokenizer, backend="torch")
+def test_fused_backend_runs_a_bf16_model(tokenizer, monkeypatch):
+    """bf16 model on the fused backend: the latents keep an fp32 master, the model-dtype latents
+    the head scores are its rounding after every step, and the re-decoded tokens are the argmax
+    of the head at those latents (away from near-ties; what the answer then starts with)."""
+    from latentseek_fast.engine.latent import LatentSteps
+
+    model = make_tiny_model(dtype=torch.bfloat16)
+    seen = []
+    real = LatentSteps.step
+
+    def spy(steps, states, *args, **kwargs):
+        tokens = real(steps, states, *args, **kwargs)
+        (st,) = states
+        seen.append((st.latents.clone(), None if st.master is None else st.master.clone(), tokens[0]))
+        return tokens
+
+    monkeypatch.setattr(LatentSteps, "step", spy)
+    res = _seek_bf16(model, tokenizer, backend="torch")
     assert res.backend == "torch" and len(res.answer_ids) == res.final_length
+    assert len(seen) == 2 and res.rewards == [-1.0, -1.0, -1.0]
+    for latents, master, tokens in seen:
+        assert latents.dtype == torch.bfloat16 and master is not None and master.dtype == torch.float32
+        assert torch.equal(latents, master.to(torch.bfloat16))
+        with torch.no_grad():  # the op scores bf16 latents with fp32 arithmetic
+            logits = latents.float() @ model.lm_head.weight.float().T
+        top2 = logits.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1] > 1e-4).tolist()  # no claim at a near-tie
+        want = logits.argmax(-1).tolist()
+        assert [t for t, c in zip(tokens, clear) if c] == [w for w, c in zip(want, clear) if c]
+    assert not torch.equal(seen[0][1], seen[1][1])  # the master moved
+    assert res.answer_ids[:4] == seen[-1][2]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), None, "abc", math.inf])
