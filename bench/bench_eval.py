@@ -7,7 +7,8 @@ own PSRM (its gold answer), the paper's ``SeekConfig`` except ``max_steps`` 4 an
 - ``seq-nodraft``: ``seek`` one problem after the other, ``draft_tokens=0`` (the baseline);
 - ``seq-draft``: the same with ``draft_tokens=--draft-tokens`` (default 8);
 - ``batch4`` / ``batch8`` / ``batch16``: ``seek_many`` with that ``batch_size``, drafts on
-  (``draft_tokens`` is passed through to the engine);
+  (``draft_tokens`` is passed through to the engine); ``batch1``: the batched driver with one
+  slot, against ``seq-draft`` the choice of driver for ``seek`` (docs/architecture.md);
 - ``seq-cost``, ``batch4-cost`` / ``batch8-cost`` / ``batch16-cost``: the same with
   ``draft_policy="cost"`` (drafts cut to the width a cost model of the forward says pays off).
 
@@ -56,6 +57,7 @@ BASELINE = "seq-nodraft"
 CONFIGS = {
     "seq-nodraft": (None, None),
     "seq-draft": (None, "full"),
+    "batch1": (1, "full"),
     "batch4": (4, "full"),
     "batch8": (8, "full"),
     "batch16": (16, "full"),

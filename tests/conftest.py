@@ -351,12 +351,11 @@ def assert_same_or_near_tie(
 
 def overflow_updates(monkeypatch):
     """Make every latent update overflow (what too large an lr does to fp16 latents, say): the
-    fused steppers' ``latent_adam_`` and ``torch.optim.Adam.step`` (the reference stepper's) fill
+    fused path's ``latent_adam_`` and ``torch.optim.Adam.step`` (the reference stepper's) fill
     the latents with inf after their own update."""
-    from latentseek_fast import steppers
     from latentseek_fast.engine import latent
 
-    real_adam = steppers.latent_adam_
+    real_adam = latent.latent_adam_
 
     def adam(latents, *args, **kwargs):
         real_adam(latents, *args, **kwargs)
@@ -374,6 +373,5 @@ def overflow_updates(monkeypatch):
                     p.fill_(float("inf"))
         return out
 
-    monkeypatch.setattr(steppers, "latent_adam_", adam)
     monkeypatch.setattr(latent, "latent_adam_", adam)
     monkeypatch.setattr(torch.optim.Adam, "step", step)
