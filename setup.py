@@ -120,7 +120,7 @@ INSTALL_REQUIRES = [
     "accelerate>=1.2",  # transformers 5.0 imports accelerate's get_module_size_with_ties
     "math-verify>=0.8",  # 0.7 fails the suite's judge test outside the main thread
     "pyarrow>=16",  # the first release built for numpy 2
-    "triton>=3.7; platform_system == 'Linux'",  # 3.6's interpreter fails on numpy 2 (docs/dependencies.md)
+    "triton>=3.9; platform_system == 'Linux'",  # 3.6-3.8 fail the suite (docs/dependencies.md)
 ]
 EXTRAS_REQUIRE = {
     "test": [
