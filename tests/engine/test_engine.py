@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_or_near_tie, make_tiny_model, overflow_updates
+from conftest import SmallTokenizer, assert_same_or_near_tie, make_tiny_model, overflow_updates
 
 import latentseek_fast as lsf
+from latentseek_fast import baseline
 from latentseek_fast.engine import (
     IterationDone,
     OriginalDone,
@@ -614,3 +615,35 @@ def test_seek_many_cost_policy_equals_plain_seek(chain64, tokenizer, batch_size)
     else:
         full = lsf.seek_many(chain64, tokenizer, CHAIN_PROMPTS, hashed_reward, **kw)
         assert sum(g.decode_stats["drafted"] for g in got) < sum(f.decode_stats["drafted"] for f in full)
+
+
+class _MinusOne:
+    """The research code's reward-model interface, always -1."""
+
+    def get_reward(self, question, solution):
+        return -1.0
+
+
+def test_batched_driver_gives_the_research_ways_answers():
+    """The batched driver against the full-recompute research way (``baseline``), two problems in
+    one batch: a tiny fp64 model over a 64-token vocabulary whose only stop token is eos (so
+    seek's stop words are the research code's) and the research code's Adam on model-dtype
+    latents. The research way makes up to cap + 1 tokens, so its caps are one lower."""
+    model = make_tiny_model(vocab_size=64, hidden=32, layers=1, tie=False, seed=17, dtype=torch.float64)
+    with torch.no_grad():
+        model.lm_head.weight[2] *= 1.3  # eos comes after ~10 tokens (conftest.small_model)
+    tok = SmallTokenizer()
+    prompts, M = ["What is 2+3?", "Name 7 * 6."], 12
+    got = lsf.seek_many(
+        model, tok, prompts, lambda q, a: -1.0, prompts=prompts, batch_size=2, max_new_tokens=M,
+        max_steps=2, lr=0.5, rho=0.5, backend="reference", latent_dtype="model", draft_tokens=0,
+    )  # fmt: skip
+    for prompt, res in zip(prompts, got):
+        answer, states, ids = baseline.original_generation(prompt, model, tok, "cpu", cap=M - 1)
+        final, rewards, T, _, L = baseline.optimized_generation(
+            _MinusOne(), model, tok, "cpu", prompt, prompt, answer, states, ids,
+            max_num_steps=2, lr=0.5, k=0.5, max_new_tokens=M - 1,
+        )  # fmt: skip
+        assert res.original_answer == answer and res.original_length == T and res.update_length == L
+        assert res.rewards == rewards == [-1.0, -1.0, -1.0]
+        assert res.answer == final and final != answer  # the two steps moved the answer
