@@ -23,7 +23,7 @@ from latentseek_fast.engine import (
     ProblemDone,
     ProblemError,
 )
-from latentseek_fast.rewards import SelfReward
+from latentseek_fast.rewards import ReplyReward, SelfReward
 
 QUESTIONS = [
     "What is 2+3?",
@@ -647,3 +647,37 @@ def test_batched_driver_gives_the_research_ways_answers():
         assert res.original_answer == answer and res.original_length == T and res.update_length == L
         assert res.rewards == rewards == [-1.0, -1.0, -1.0]
         assert res.answer == final and final != answer  # the two steps moved the answer
+
+
+class LengthReward(ReplyReward):
+    """A user-written reward on the ``ReplyReward`` protocol: one prompt quoting the answer's end,
+    the reward read from the reply's length. ``computed`` counts the calls of ``compute``."""
+
+    deterministic = True
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.max_new_tokens, self.computed = model, tokenizer, 6, 0
+
+    def reply_prompts(self, question, answer):
+        return {"echo": f"<|im_start|>user\nRepeat: {answer[-40:]}<|im_end|>\n<|im_start|>assistant\n"}
+
+    def reward_from_replies(self, question, answer, replies):
+        return -min(len(replies["echo"]), 30) / 30
+
+    def compute(self, question, answer):
+        self.computed += 1
+        return super().compute(question, answer)
+
+
+def test_user_reply_reward_is_batched_as_rows(llama64, tokenizer):
+    """A user's ReplyReward: seek calls its compute (its own batch of replies); seek_many decodes
+    its replies as rows of the shared batch and never calls compute; the rewards and answers agree."""
+    problems = QUESTIONS[:3]
+    alone = LengthReward(llama64, tokenizer)
+    want = oracle(llama64, tokenizer, problems, alone, backend="reference")
+    assert alone.computed == sum(len(r.rewards) for r in want) - sum(r.reused for r in want)
+    batched = LengthReward(llama64, tokenizer)
+    got = lsf.seek_many(llama64, tokenizer, problems, batched, batch_size=3, backend="reference", **SETTINGS)
+    assert batched.computed == 0
+    assert_same(got, want)
+    assert len({r for res in want for r in res.rewards}) > 1  # the replies' lengths differ
