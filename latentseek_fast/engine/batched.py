@@ -40,8 +40,8 @@ from ..rewards.reply import ReplyReward
 from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError
-from .problem import ProblemError, ProblemSeek, start_row
-from .result import PhaseClock, SeekResult
+from .problem import ProblemError, ProblemSeek, start_row, take_latent_steps
+from .result import SeekResult
 from .sequential import check_on_event, decode_options, problem_parts
 
 
@@ -228,21 +228,10 @@ class Engine:
         p.clock.charge("reward", time.perf_counter() - t0)
 
     def _latent_round(self, stepping: list[ProblemSeek]) -> None:
-        t0 = time.perf_counter()
-        for p in stepping:
-            if p.latent is None:
-                p.latent = self.steps.open(p.latent_rows)
         try:
-            tokens = self.steps.step(
-                [p.latent for p in stepping],
-                [p.history[-1] for p in stepping],
-                [p.steps for p in stepping],
-                [p.label for p in stepping],
-                [p.need_next for p in stepping],
-            )
+            tokens = take_latent_steps(self.steps, stepping)
         except StepError as e:
             raise ProblemError(stepping[e.position].index, e.error) from e.__cause__
-        PhaseClock.share([(p.clock, "latent", p.L) for p in stepping], time.perf_counter() - t0)
         for p, toks in zip(stepping, tokens):
             job = p.stepped(toks)
             if job is not None:
@@ -250,9 +239,6 @@ class Engine:
 
     # -- one forward -------------------------------------------------------------------------
     def _decode_step(self) -> None:
-        active = [r for r in self.rows if r.feed and r.fork is None]
-        if not active:
-            raise RuntimeError("seek_many: no row to decode while problems are in flight (a scheduler bug)")
         finished = decode_rows.advance(self.decoder, self.head, self.rows, **self.opts)
         if not finished:
             return

@@ -56,7 +56,7 @@ class ProblemError(RuntimeError):
 class DecodeJob:
     """A decoding the problem needs: a row that holds ``base`` (the driver keeps what its cache
     already holds of it and feeds the rest), then feeds ``feed`` and decodes greedily until a
-    ``stop`` token or ``cap`` tokens. ``phase`` is the clock phase its time is charged to."""
+    ``stop`` token or ``cap`` tokens."""
 
     base: list[int]
     feed: list[int]
@@ -65,7 +65,6 @@ class DecodeJob:
     keep_latents: bool
     drafts: DraftRow | None
     on_token: Callable[[int], None] | None
-    phase: str
 
 
 def start_row(decoder, slot: int, job: DecodeJob) -> Row:
@@ -83,6 +82,25 @@ def start_row(decoder, slot: int, job: DecodeJob) -> Row:
         drafts=job.drafts,
         on_token=job.on_token,
     )
+
+
+def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[list[int]]:
+    """The due latent step of every one of ``problems`` in one ``latent.LatentSteps.step`` call
+    (each problem's latent state opened on first use); the time is shared by their latent rows.
+    Returns each problem's re-decoded tokens; a failing step raises ``latent.StepError``."""
+    t0 = time.perf_counter()
+    for p in problems:
+        if p.latent is None:
+            p.latent = steps.open(p.latent_rows)
+    tokens = steps.step(
+        [p.latent for p in problems],
+        [p.history[-1] for p in problems],
+        [p.steps for p in problems],
+        [p.label for p in problems],
+        [p.need_next for p in problems],
+    )
+    PhaseClock.share([(p.clock, "latent", p.L) for p in problems], time.perf_counter() - t0)
+    return tokens
 
 
 class ProblemSeek:
@@ -162,9 +180,7 @@ class ProblemSeek:
         if self.emit is not None:
             tok = self.tokenizer
             on_token = lambda t: self.emit(OriginalToken(self.index, t, tok.decode([t])))  # noqa: E731
-        return DecodeJob(
-            [], self.prompt_ids, self.answer_stop, self.answer_cap, True, drafts, on_token, "generate"
-        )
+        return DecodeJob([], self.prompt_ids, self.answer_stop, self.answer_cap, True, drafts, on_token)
 
     def original_done(self, row: Row, width: int, device) -> None:
         """The original answer's row finished (its time is in ``row.secs``)."""
@@ -297,7 +313,7 @@ class ProblemSeek:
         if self.pool is not None:
             drafts = self.pool.row(base + self.new_tokens, k=cfg.draft_tokens, policy=cfg.draft_policy)
         self.state = "decode"
-        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, None, "decode")
+        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, None)
 
     def continued(self, row: Row) -> None:
         """The continuation's row finished (its time is in ``row.secs``)."""

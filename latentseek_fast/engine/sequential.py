@@ -29,7 +29,7 @@ from ..rewards.base import as_reward
 from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError
-from .problem import ProblemSeek, start_row
+from .problem import ProblemSeek, start_row, take_latent_steps
 from .result import SeekResult
 
 
@@ -62,14 +62,10 @@ def run_problem(p: ProblemSeek, model, steps: LatentSteps, decoder: Decoder | No
         if p.state == "score":
             p.score_with()
         elif p.step_due():
-            t0 = time.perf_counter()
-            if p.latent is None:
-                p.latent = steps.open(p.latent_rows)
             try:
-                (tokens,) = steps.step([p.latent], [p.history[-1]], [p.steps], [p.label], [p.need_next])
+                (tokens,) = take_latent_steps(steps, [p])
             except StepError as e:
                 raise e.error from e.__cause__
-            p.clock.charge("latent", time.perf_counter() - t0)
             job = p.stepped(tokens)
             if job is not None:
                 row = start_row(decoder, slot, job)
