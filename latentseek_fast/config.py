@@ -59,6 +59,9 @@ class SeekConfig:
       their compute by a cost model of the forward (``decoding.drafts.best_width``). The tokens are the same.
     - ``reuse``: an iteration whose re-decoded tokens equal an earlier iteration's reuses that
       continuation (and its reward, when the reward declares itself deterministic).
+    - ``tie_gap``: the near-tie audit's threshold (``engine.audit``): a greedy decision whose top-2
+      logit gap is below it could flip under another thread count, batch or GPU. None: the
+      measured default for the model's dtype (``audit.TIE_GAPS``); 0 flags nothing.
     """
 
     lr: float = 0.03
@@ -77,6 +80,7 @@ class SeekConfig:
     draft_tokens: int = 8
     draft_policy: str = "full"
     reuse: bool = True
+    tie_gap: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +129,12 @@ class SeekConfig:
             or self.grad_clip == float("inf")
         ):
             bad("grad_clip", "expected None or a finite number >= 0")
+        if self.tie_gap is not None and (
+            isinstance(self.tie_gap, bool)
+            or not isinstance(self.tie_gap, (int, float))
+            or not 0 <= self.tie_gap < float("inf")
+        ):
+            bad("tie_gap", "expected None (the default for the model's dtype) or a finite number >= 0")
         if not isinstance(self.reuse, bool):
             bad("reuse", "expected True or False")
         if self.draft_policy not in DRAFT_POLICIES:

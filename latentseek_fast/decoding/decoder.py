@@ -14,7 +14,8 @@ A decoder holds rows (token streams), each with its own cached positions, and fe
 - ``fork(row, source, length)``: make ``row``'s cache the first ``length`` positions of
   ``source``'s (prompts that share a prefix, like the four verifier prompts of one answer, pay
   for it once);
-- ``step_rows()``: how many rows a step computes whatever it is fed (the cost model of drafts);
+- ``step_rows(fed)``: how many rows a step that feeds ``fed`` rows computes (the cost model of
+  drafts);
 - ``long_feed``: feeds longer than this are long (a prompt); a drafting row keeps its feed
   within it, so that drafts never make a row's feed long.
 
@@ -60,9 +61,10 @@ class Decoder:
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
-    def step_rows(self) -> int:
-        """How many rows a step computes whatever it is fed (padding included): a step whose widest
-        feed is ``w`` costs about ``step_rows() * w`` fed positions plus the weights' read."""
+    def step_rows(self, fed: int) -> int:
+        """How many rows a step that feeds ``fed`` rows computes (padding included): a step whose
+        widest feed is ``w`` costs about ``step_rows(fed) * w`` fed positions plus the weights'
+        read."""
         raise NotImplementedError
 
 
@@ -98,7 +100,7 @@ class CacheDecoder(Decoder):
         self._check(row)
         return cache_length(self.cache)
 
-    def step_rows(self) -> int:
+    def step_rows(self, fed: int) -> int:
         return 1
 
     def rollback(self, row: int, length: int) -> None:

@@ -17,7 +17,7 @@ import torch
 from .._util import check_int
 from .decoder import CacheDecoder, Decoder
 from .drafts import DraftRow
-from .model import lm_head_of
+from .model import lm_head_of, softcap_of
 from .rows import DecodeStats, Row, run
 
 
@@ -34,6 +34,7 @@ class Generation:
     forwards: int = 0
     drafted: int = 0
     accepted: int = 0
+    gaps: list[float] | None = None  # the top-2 logit gap of the decision behind each id
 
     @property
     def stats(self) -> DecodeStats:
@@ -79,7 +80,8 @@ def greedy(
     row = Row(
         slot, feed, stop=stop, cap=max_tokens, keep_latents=keep_latents, drafts=drafts, on_token=on_token
     )
-    run(decoder, head, [row], policy=drafts.policy if drafts is not None else "full")
+    policy = drafts.policy if drafts is not None else "full"
+    run(decoder, head, [row], policy=policy, softcap=softcap_of(model))
     return Generation(
         ids=row.ids,
         latents=row.latent_tensor(head.weight.shape[1], head.weight.device),
@@ -87,4 +89,5 @@ def greedy(
         forwards=row.stats.forwards,
         drafted=row.stats.drafted,
         accepted=row.stats.accepted,
+        gaps=row.gaps,
     )

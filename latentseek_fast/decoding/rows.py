@@ -10,6 +10,12 @@ agrees with plus greedy's own next token, stops exactly where plain greedy decod
 stop token, included, or its cap), and rolls its rejected positions back, so afterwards its
 cache holds every position before its last token, as after plain decoding, and its tokens are
 those of plain decoding (the latents differ only by the blocking of a many-token forward).
+
+Every decision also records its top-2 logit gap (``Row.gaps``: the chosen logit minus the
+runner-up, after the final softcap if the model has one), the near-tie audit's raw material
+(``engine.audit``): a decision whose gap is within rounding noise can flip under another thread
+count, batch blocking or GPU. It costs one ``topk(2)`` over the step's logits beside the argmax,
+read back in the same host sync.
 """
 
 from __future__ import annotations
@@ -24,6 +30,19 @@ from .._util import check_choice, check_int
 from ..config import DRAFT_POLICIES
 from .decoder import Decoder
 from .drafts import DraftRow, best_width, forward_positions
+
+
+def top2_gaps(logits: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
+    """``[n]`` top-2 gaps of ``logits [n, V]``: the largest logit minus the second largest (0 on
+    an exact tie, inf when V is 1), in fp32 (fp64 logits stay fp64); with ``softcap`` the gap of the capped logits
+    ``softcap * tanh(s / softcap)`` (a monotone map: the argmax is the same)."""
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:-1], float("inf"), device=logits.device)
+    top = torch.topk(logits, 2, dim=-1).values
+    top = top.to(torch.promote_types(top.dtype, torch.float32))
+    if softcap is not None:
+        top = softcap * torch.tanh(top / softcap)
+    return top[..., 0] - top[..., 1]
 
 
 @dataclass
@@ -69,8 +88,9 @@ class Row:
 
     - ``feed``: the tokens to feed next: first a prompt or prefix, then ``[last token]`` (plus the
       drafts of the current step while it runs; ``m`` of them);
-    - ``ids``: the tokens produced; ``latents``: with ``keep_latents``, ``[n, d]`` tensors whose
-      rows are the latent that produced each token (``latent_tensor`` joins them);
+    - ``ids``: the tokens produced; ``gaps``: the top-2 logit gap of the decision that chose each
+      one (``top2_gaps``); ``latents``: with ``keep_latents``, ``[n, d]`` tensors whose rows are
+      the latent that produced each token (``latent_tensor`` joins them);
     - ``stats``: this row's ``DecodeStats``; ``secs``: wall seconds of the steps it took part in,
       split over their rows by tokens fed;
     - ``done``/``stopped_by``: finished, by ``"stop"`` (a stop token, included in ``ids``) or
@@ -84,7 +104,7 @@ class Row:
     """
 
     __slots__ = (
-        "slot", "feed", "ids", "latents", "stop", "cap", "keep_latents", "drafts", "on_token", "tag",
+        "slot", "feed", "ids", "gaps", "latents", "stop", "cap", "keep_latents", "drafts", "on_token", "tag",
         "stats", "done", "stopped_by", "fork", "secs", "m",
     )  # fmt: skip
 
@@ -108,6 +128,7 @@ class Row:
         self.stop = stop if isinstance(stop, frozenset) else frozenset(stop)
         self.drafts, self.on_token, self.tag = drafts, on_token, tag
         self.ids: list[int] = []
+        self.gaps: list[float] = []
         self.latents: list[torch.Tensor] = []
         self.stats = DecodeStats()
         self.done = False
@@ -137,7 +158,7 @@ def _propose(rows: list[Row], decoder: Decoder, policy: str, max_drafts: int | N
         width = best_width(
             [(len(d), r.drafts.acceptance) for r, d in proposed],
             producing=len(rows),
-            slots=decoder.step_rows(),
+            slots=decoder.step_rows(len(rows)),
             fixed=fixed_cost,
             floor=floor,
         )
@@ -156,6 +177,7 @@ def advance(
     max_drafts: int | None = None,
     fixed_cost: float | None = None,
     after_fork: Callable[[Row], None] | None = None,
+    softcap: float | None = None,
 ) -> list[Row]:
     """One decode step of every row of ``rows`` that has a feed and no pending fork; returns the
     rows that finished in it (``done``, ``feed == []``), in order.
@@ -165,7 +187,8 @@ def advance(
     the forward's fixed cost in fed positions (default: ``drafts.forward_positions`` of the
     head's device). ``max_drafts``: the most drafts a row feeds (None: its ``DraftRow.k``).
     Rows in ``rows`` that wait for a fork get it once their source has been fed in this step;
-    ``after_fork(row)`` is then called. Raises ValueError when no row can be fed.
+    ``after_fork(row)`` is then called. ``softcap``: the model's final logit softcap
+    (``model.softcap_of``), for the gaps. Raises ValueError when no row can be fed.
     """
     check_choice("draft_policy", policy, DRAFT_POLICIES)
     fed = [r for r in rows if r.feed and r.fork is None]
@@ -187,7 +210,12 @@ def advance(
     # feed, every one of [token, *drafts].
     states = [hidden[r.slot][-(1 + r.m) :] for r in fed]
     block = torch.cat(states) if len(states) > 1 else states[0]
-    greedy = torch.argmax(head(block), dim=-1).tolist()  # the step's one host sync
+    logits = head(block)
+    # argmax keeps the lowest index on ties (topk's order among equals is unspecified).
+    choice = torch.cat([torch.argmax(logits, dim=-1).double(), top2_gaps(logits, softcap).double()])
+    values = choice.tolist()  # the step's one host sync
+    n = logits.shape[0]
+    greedy, gaps = [int(v) for v in values[:n]], values[n:]
     spent = time.perf_counter() - t0
     total = sum(len(r.feed) for r in fed)
     finished = []
@@ -195,6 +223,7 @@ def advance(
     for r, st in zip(fed, states):
         m = r.m
         g = greedy[o : o + 1 + m]
+        gp = gaps[o : o + 1 + m]
         o += 1 + m
         r.secs += spent * len(r.feed) / total
         a = accept(g, r.feed[len(r.feed) - m :]) if m else 0
@@ -216,6 +245,7 @@ def advance(
             if len(r.ids) >= r.cap:
                 r.stopped_by = "length"
                 break
+        r.gaps.extend(gp[:emitted])
         r.stats.tokens += emitted
         if r.keep_latents:
             r.latents.append(st[:emitted])

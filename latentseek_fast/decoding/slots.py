@@ -9,24 +9,35 @@ keys/values are written at column ``n_b + i`` of its slot, and it attends exactl
 ``j <= n_b + i`` of its own slot (an explicit 4-D mask). So a row's valid cache is always the
 prefix ``[0, n_b)`` of its slot: rolling a row back is setting ``n_b`` (stale columns are
 overwritten by the next feed and never attended before that), and other rows never see it.
-Padding positions of a shorter feed, and slots with nothing to feed, compute throw-away values
-at columns beyond their row's length, which are finite (every query attends at least its own
-column) and never attended later. Positions are explicit, so a row's numbers are those of the
-same tokens decoded alone; in exact arithmetic a batched step equals per-row decoding.
+Padding positions of a shorter feed compute throw-away values at columns beyond their row's
+length, which are finite (every query attends at least its own column) and never attended
+later. Positions are explicit, so a row's numbers are those of the same tokens decoded alone; in
+exact arithmetic a batched step equals per-row decoding.
+
+A step computes only the rows it feeds. A row's handle (what ``add_row`` returns) is stable,
+but the slot it lives in is not: before a forward, every fed row that sits above the first
+``k`` slots (``k`` rows fed) moves into a slot below ``k`` whose row is not fed (free, or
+waiting: for a reward, a latent step, its verifier replies, a fork), the two swapping their
+``n_b`` columns. The forward then runs over slots ``0..k-1``, views of the store without a copy.
+A move copies the row's cached columns once (SmolLM2: 46 KB per position, ~23 MB for 500
+positions, a few ms), about what one step of an idle row costs (each row of a SmolLM2 step adds
+~3.7 ms on a 2-core CPU: 49 ms for 1 row, 105 ms for 16, fp32, 2 threads), and a row waits for
+many steps (a verifier reply is hundreds of tokens; a free slot waits for good), so moving
+always pays.
 
 Why one shared padded store rather than one ``DynamicCache`` per row: a forward over many
 rows needs their keys in one tensor, and gathering per-row caches into it every token would
 copy the whole KV each step. Why not a ``DynamicCache`` with a batch dimension: it appends the
 same number of columns to every row, so a rollback of one row or a long feed of another
-leaves holes in all rows; here writes are per-row. The cost: every occupied slot takes part in
-each forward (idle rows are masked, not skipped), and a long feed (a prompt) pads the step to
-its width for all rows, unless it runs apart (``split_gain``). A forward never computes more
+leaves holes in all rows; here writes are per-row. The cost: a long feed (a prompt) pads the
+step to its width for all fed rows, unless it runs apart (``split_gain``). A forward never computes more
 than ``max_positions`` positions: longer feeds are fed in pieces, which bounds the attention
 scores' memory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -54,6 +65,32 @@ GPU_MAX_POSITIONS = 8192
 # most a third of it is unused (doubling: half).
 GROWTH = 1.5
 GROW_COLUMNS = 256
+
+
+def kv_bytes_per_position(model) -> int:
+    """Bytes one cached position of one row takes in the slot store (keys and values of every
+    layer, in the model's dtype); SmolLM2-135M in fp32: 2 x 30 layers x 3 heads x 64 x 4 = 46 KB."""
+    cfg = _text_config(model)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
+
+
+def free_memory(device) -> int:
+    """Bytes free on ``device``: the GPU's free memory, or the host's available memory (Linux
+    ``MemAvailable``, which counts reclaimable page cache; else the free pages)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class _SlotKV:
@@ -160,34 +197,38 @@ class HFDecoder(Decoder):
             max_positions = GPU_MAX_POSITIONS if self.device.type == "cuda" else CPU_MAX_POSITIONS
         self.max_positions = max_positions
         self.store: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.lengths: list[int] = []  # per slot
-        self.used: list[bool] = []  # per slot
+        self.lengths: dict[int, int] = {}  # row -> cached positions
+        self.slot_of: dict[int, int] = {}  # row -> its slot in the store
+        self.at: list[int | None] = []  # slot -> its row (None: free); no trailing None
         self.forwards = 0  # forwards run (for benchmarks)
+        self.row_steps = 0  # rows computed, summed over forwards (for benchmarks)
+        self.moves = 0  # rows moved between slots (for benchmarks)
 
     # -- rows --------------------------------------------------------------------------------
     def add_row(self) -> int:
-        for slot, used in enumerate(self.used):
-            if not used:
-                self.used[slot], self.lengths[slot] = True, 0
-                return slot
-        self.used.append(True)
-        self.lengths.append(0)
-        self._grow(len(self.used), self.capacity)
-        return len(self.used) - 1
+        row = next(r for r in range(len(self.lengths) + 1) if r not in self.lengths)
+        try:
+            slot = self.at.index(None)
+        except ValueError:
+            slot = len(self.at)
+            self.at.append(None)
+            self._grow(len(self.at), self.capacity)
+        self.at[slot], self.slot_of[row], self.lengths[row] = row, slot, 0
+        return row
 
     def drop_row(self, row: int) -> None:
         self._check(row)
-        self.used[row], self.lengths[row] = False, 0
-        while self.used and not self.used[-1]:  # trailing free slots leave the forward
-            self.used.pop()
-            self.lengths.pop()
+        self.at[self.slot_of.pop(row)] = None
+        del self.lengths[row]
+        while self.at and self.at[-1] is None:  # trailing free slots leave the store's range
+            self.at.pop()
 
     def length(self, row: int) -> int:
         self._check(row)
         return self.lengths[row]
 
-    def step_rows(self) -> int:
-        return len(self.used)  # every occupied slot takes part in the main forward
+    def step_rows(self, fed: int) -> int:
+        return fed  # rows that are not fed stay out of the forward
 
     def rollback(self, row: int, length: int) -> None:
         self._check(row)
@@ -209,16 +250,48 @@ class HFDecoder(Decoder):
                 f"fork(row={row}, source={source}, length={length}): "
                 f"source has {self.lengths[source]} positions"
             )
+        dst, src = self.slot_of[row], self.slot_of[source]
         for K, V in self.store:
-            K[row, :, :length] = K[source, :, :length]
-            V[row, :, :length] = V[source, :, :length]
+            K[dst, :, :length] = K[src, :, :length]
+            V[dst, :, :length] = V[src, :, :length]
         self.lengths[row] = length
 
     def _check(self, row: int) -> None:
-        if not (0 <= row < len(self.used) and self.used[row]):
-            raise ValueError(
-                f"row={row}: no such row (live rows: {[i for i, u in enumerate(self.used) if u]})"
-            )
+        if row not in self.lengths:
+            raise ValueError(f"row={row}: no such row (live rows: {sorted(self.lengths)})")
+
+    def _arrange(self, fed: Sequence[int]) -> None:
+        """Move the rows ``fed`` into slots ``0..len(fed)-1`` (see the module docstring): each fed
+        row above them swaps slots with a row below that is not fed (or takes a free slot)."""
+        k = len(fed)
+        high = [r for r in fed if self.slot_of[r] >= k]
+        if not high:
+            return
+        feeding = set(fed)
+        low = (s for s in range(k) if self.at[s] is None or self.at[s] not in feeding)
+        for row, slot in zip(high, low):
+            self._swap(self.slot_of[row], slot)
+            self.moves += 1
+
+    def _swap(self, a: int, b: int) -> None:
+        """Exchange the rows of slots ``a`` and ``b`` (either may be free): their cached columns
+        and the tables."""
+        ra, rb = self.at[a], self.at[b]
+        na = self.lengths[ra] if ra is not None else 0
+        nb = self.lengths[rb] if rb is not None else 0
+        for K, V in self.store:
+            for X in (K, V):
+                keep = X[b, :, :nb].clone() if nb else None
+                if na:
+                    X[b, :, :na] = X[a, :, :na]
+                if nb:
+                    X[a, :, :nb] = keep
+        self.at[a], self.at[b] = rb, ra
+        for row, slot in ((ra, b), (rb, a)):
+            if row is not None:
+                self.slot_of[row] = slot
+        while self.at and self.at[-1] is None:
+            self.at.pop()
 
     def _grow(self, slots: int, capacity: int) -> None:
         """Make the store hold at least ``slots`` rows of ``capacity`` columns (zeros, so that
@@ -260,15 +333,15 @@ class HFDecoder(Decoder):
         """Feed ``feeds[row]`` (>= 1 token ids) to each listed row; return each row's latents
         ``[len(feeds[row]), d]`` (post-final-norm hidden states).
 
-        Normally one forward over every occupied slot, padded to the longest feed. When some
-        feeds are long (more than ``long_feed`` tokens: a prompt, a verifier prompt, the L
-        re-decoded tokens) and padding every row to them would compute more than twice the
-        positions, the long feeds run as a second forward over their own slots only (their
-        cached columns gathered), so a prompt admitted into a full batch costs its own length,
-        not ``rows x`` its length; so do long feeds with no short one beside them (the first
-        verifier prompt prefilled while the rows that fork it wait) when they are few of the
-        occupied slots. (``split_gain``: how many times fewer positions the split must compute;
-        0 always splits, for tests.)
+        Normally one forward over the fed rows (moved into the first slots, ``_arrange``), padded
+        to the longest feed. When some feeds are long (more than ``long_feed`` tokens: a prompt, a
+        verifier prompt, the L re-decoded tokens) and padding every fed row to them would compute
+        more than twice the positions, the long feeds run as a second forward over their own
+        slots only (their cached columns gathered), so a prompt admitted into a full batch costs
+        its own length, not ``rows x`` its length; so do long feeds with no short one beside them
+        (the first verifier prompt prefilled while the rows that fork it wait) when they are few
+        of the occupied slots. (``split_gain``: how many times fewer positions the split must
+        compute; 0 always splits, for tests.)
         """
         if not feeds:
             return {}
@@ -276,15 +349,18 @@ class HFDecoder(Decoder):
             self._check(row)
             if len(toks) == 0:
                 raise ValueError(f"step: row {row} was given no tokens")
-        n = len(self.used)
+        self._arrange(list(feeds))
+        n = len(feeds)
         width = max(len(t) for t in feeds.values())
         long = {r: t for r, t in feeds.items() if len(t) > self.long_feed}
         short = {r: t for r, t in feeds.items() if len(t) <= self.long_feed}
         if long:
             short_w = max((len(t) for t in short.values()), default=0)
             if (n * short_w + len(long) * width) * self.split_gain < n * width:
+                # The short feeds' forward spans the first n slots (the long rows in it compute
+                # padding, overwritten by their own forward after it).
                 out = self._chunked(list(range(n)), short) if short else {}
-                out.update(self._chunked(sorted(long), long))
+                out.update(self._chunked(sorted(self.slot_of[r] for r in long), long))
                 return out
         return self._chunked(list(range(n)), feeds)
 
@@ -305,17 +381,22 @@ class HFDecoder(Decoder):
         return {r: torch.cat(h) for r, h in parts.items()}
 
     def _forward(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
-        """One forward over ``slots`` (ascending); slots without a feed compute masked padding."""
+        """One forward over ``slots`` (ascending; ``feeds`` is keyed by row, each fed row's slot
+        among them); slots without a feed compute masked padding."""
         n = len(slots)
-        every_slot = slots == list(range(len(self.used)))
+        every_slot = slots == list(range(n))  # the first n slots: views of the store, no copy
         width = max(len(t) for t in feeds.values())
-        lengths = torch.tensor([self.lengths[s] for s in slots], dtype=torch.long, device=self.device)
+        lengths = torch.tensor(
+            [self.lengths[r] if (r := self.at[s]) is not None else 0 for s in slots],
+            dtype=torch.long,
+            device=self.device,
+        )
         kv_len = int(lengths.max()) + width
-        self._grow(len(self.used), kv_len)
+        self._grow(len(self.at), kv_len)
         ids = torch.zeros((n, width), dtype=torch.long, device=self.device)
         index = {s: i for i, s in enumerate(slots)}
         for row, toks in feeds.items():
-            ids[index[row], : len(toks)] = torch.as_tensor(list(toks), dtype=torch.long)
+            ids[index[self.slot_of[row]], : len(toks)] = torch.as_tensor(list(toks), dtype=torch.long)
         positions = lengths[:, None] + torch.arange(width, device=self.device)[None, :]
         cols = torch.arange(kv_len, device=self.device)
         allowed = cols[None, None, :] <= positions[:, :, None]  # [n, W, kv_len]
@@ -331,9 +412,10 @@ class HFDecoder(Decoder):
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
         )[0]
         self.forwards += 1
+        self.row_steps += n
         result = {}
         for row, toks in feeds.items():
             k = len(toks)
             self.lengths[row] += k
-            result[row] = out[index[row], :k]
+            result[row] = out[index[self.slot_of[row]], :k]
         return result

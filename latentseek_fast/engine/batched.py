@@ -24,14 +24,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
-from .._util import check_int
+from .._util import check_int, say_once
 from ..backends import resolve_backend
 from ..config import SeekConfig
 from ..decoding import rows as decode_rows
 from ..decoding.batch import prompt_rows
 from ..decoding.model import lm_head_of
 from ..decoding.rows import Row
-from ..decoding.slots import HFDecoder
+from ..decoding.slots import HFDecoder, free_memory, kv_bytes_per_position
 from ..decoding.stops import answer_stop_ids, reply_stop_ids
 from ..prompts import build_prompt
 from ..rewards import make_reward
@@ -42,7 +42,47 @@ from .events import ProblemDone
 from .latent import LatentSteps, StepError
 from .problem import ProblemError, ProblemSeek, start_row, take_latent_steps
 from .result import SeekResult
-from .sequential import check_on_event, decode_options, problem_parts
+from .sequential import check_on_event, decode_options, problem_parts, tie_gap_of
+
+AUTO = "auto"
+# The most decoder rows ``batch_size="auto"`` keeps in flight. CPU: a decode step's GEMMs stop
+# getting cheaper per row beyond ~64 rows (F.linear, K=576, N=1536, 2 threads: 29 us per row at
+# 16 rows, 20 at 32, 15 at 64, 14 at 128), and bench/results/scaling/ measures the whole engine at
+# 16, 32 and 64 problems in flight. GPU: not measured yet; an H100's GEMMs stay weight-bound up to
+# a few hundred rows, so 256.
+CPU_AUTO_ROWS = 64
+GPU_AUTO_ROWS = 256
+# ``batch_size="auto"`` gives the KV store at most this fraction of the memory free when the run
+# starts: the rest holds the step's activations and logits (64 rows x 9 positions x 49152 fp32
+# logits = 113 MB for SmolLM2), the store's growth copies (one layer at a time) and the system.
+KV_MEMORY_FRACTION = 0.5
+# Rows a ReplyReward's replies take per answer, unless it says (``reply_count``): SelfReward's four.
+REPLY_ROWS = 4
+
+
+def auto_batch_size(
+    model, problems: int, longest_row: int, rows_per_problem: int = 1, free_bytes: int | None = None
+) -> tuple[int, str]:
+    """How many problems ``batch_size="auto"`` keeps in flight, and why: as many as fit, at most
+    ``CPU_AUTO_ROWS`` (``GPU_AUTO_ROWS`` on CUDA) decoder rows and ``problems``, at least 1.
+
+    ``longest_row``: the most positions a row can cache (the store is rectangular, so every slot
+    is that long); ``rows_per_problem``: rows a problem can hold at once (1, or 1 + its verifier
+    replies); ``free_bytes``: memory free for the store (default ``decoding.slots.free_memory``),
+    of which ``KV_MEMORY_FRACTION`` is used."""
+    device = lm_head_of(model).weight.device
+    cap = GPU_AUTO_ROWS if device.type == "cuda" else CPU_AUTO_ROWS
+    free = free_memory(device) if free_bytes is None else free_bytes
+    per_problem = kv_bytes_per_position(model) * max(1, longest_row) * rows_per_problem
+    fit = int(free * KV_MEMORY_FRACTION // per_problem)
+    by_rows = max(1, cap // rows_per_problem)
+    n = max(1, min(problems, by_rows, fit))
+    why = (
+        f"{n} problems in flight: {problems} problems, {by_rows} by the {cap}-row cap "
+        f"({rows_per_problem} rows each), {fit} fit in {KV_MEMORY_FRACTION:.0%} of "
+        f"{free / 2**30:.1f} GiB free at {per_problem / 2**20:.0f} MiB each"
+    )
+    return n, why
 
 
 class Engine:
@@ -57,7 +97,7 @@ class Engine:
         reward=None,
         config: SeekConfig | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int | str = AUTO,
         on_event: Callable | None = None,
         prompts: Sequence[str] | None = None,
         dataset: str = "gsm8k",
@@ -65,7 +105,8 @@ class Engine:
         format_rule: bool = False,
         **overrides,
     ):
-        check_int("batch_size", batch_size)
+        if batch_size != AUTO:
+            check_int("batch_size", batch_size)
         check_on_event(on_event)
         if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):
             raise ValueError(
@@ -120,12 +161,32 @@ class Engine:
             max_steps=self.config.max_steps,
         )
         self.stop = answer_stop_ids(tokenizer)
+        self.batch_reason = f"batch_size={batch_size}"
+        if batch_size == AUTO:
+            self.batch_size, self.batch_reason = self._auto_batch_size()
+            say_once(f"auto-{self.batch_size}", f"latentseek_fast: batch_size='auto': {self.batch_reason}")
         self.decoder = HFDecoder(model)
         self.steps = LatentSteps(model, self.config, self.backend)
-        self.opts = decode_options(self.config, self.decoder, self.device)
+        self.opts = decode_options(self.config, self.decoder, model)
+        self.tie_gap = tie_gap_of(self.config, model)
         self.rows: list[Row] = []  # decoding rows, each with ``tag = (problem, kind, name)``
         self.slots: dict[int, int] = {}  # problem index -> its solver row's slot
         self._reply_stop: frozenset[int] | None = None
+
+    def _auto_batch_size(self) -> tuple[int, str]:
+        """``auto_batch_size`` for these problems: a row caches at most the longest prompt, the
+        original answer and a continuation (``max_new_tokens`` each); a problem whose reward
+        replies on this model also holds its replies' rows, each at most the prompt, the answer
+        quoted and the reply's cap."""
+        longest = max(map(len, self.prompt_ids)) + 2 * self.config.max_new_tokens
+        reply_rows, reply_cap = 0, 0
+        for _, _, fn in self.specs:
+            if isinstance(fn, ReplyReward) and fn.model is self.model:
+                reply_rows = max(reply_rows, getattr(fn, "reply_count", REPLY_ROWS))
+                reply_cap = max(reply_cap, fn.max_new_tokens)
+        if reply_rows:
+            longest += reply_cap
+        return auto_batch_size(self.model, len(self.specs), longest, 1 + reply_rows)
 
     @staticmethod
     def _rewards(reward, n: int) -> list:
@@ -170,7 +231,7 @@ class Engine:
         p = ProblemSeek(
             index, question, self.prompt_ids[index], fn, self.config, self.tokenizer, backend=self.backend,
             label=f"problem {index}", answer_stop=self.stop, answer_cap=self.caps[index],
-            context=self.context, emit=self.on_event,
+            context=self.context, emit=self.on_event, tie_gap=self.tie_gap,
         )  # fmt: skip
         slot = self.decoder.add_row()
         self.slots[index] = slot
@@ -255,7 +316,7 @@ class Engine:
                 else:
                     t0 = time.perf_counter()
                     self.decoder.drop_row(row.slot)
-                    p.replied(name, self.tokenizer.decode(row.ids, skip_special_tokens=True))
+                    p.replied(name, self.tokenizer.decode(row.ids, skip_special_tokens=True), row.gaps)
                     p.clock.charge("reward", row.secs + time.perf_counter() - t0)
             except Exception as e:
                 raise ProblemError(p.index, e) from e

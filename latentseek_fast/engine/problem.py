@@ -33,6 +33,7 @@ from ..config import SeekConfig
 from ..decoding.drafts import DraftPool, DraftRow
 from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
+from .audit import TieAudit, audit_answer, resolve_tie_gap
 from .context import continuation_cap
 from .events import IterationDone, OriginalDone, OriginalToken, rate
 from .result import PhaseClock, SeekResult
@@ -113,7 +114,8 @@ class ProblemSeek:
     ``answer_cap``: the original answer's token cap (``context.original_cap``; default
     ``max_new_tokens``); ``context``: the model's context in positions, which continuations
     never pass (``context.continuation_cap``; None: no cap, as in ``compat``).
-    ``emit``: called with the progress events of ``events.py``, or None.
+    ``emit``: called with the progress events of ``events.py``, or None. ``tie_gap``: the
+    near-tie audit's threshold (``audit.resolve_tie_gap``; default: the config's, else fp32's).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class ProblemSeek:
         answer_cap: int | None = None,
         context: int | None = None,
         emit: Callable | None = None,
+        tie_gap: float | None = None,
     ):
         self.index, self.question, self.prompt_ids = index, question, list(prompt_ids)
         self.reward, self.config, self.tokenizer = reward, config, tokenizer
@@ -142,6 +145,7 @@ class ProblemSeek:
         self.cont_cap = config.max_new_tokens if cont_cap is None else cont_cap
         self.answer_cap = config.max_new_tokens if answer_cap is None else answer_cap
         self.context = context
+        self.tie_gap = resolve_tie_gap(config.tie_gap, torch.float32) if tie_gap is None else tie_gap
         self.reuse_reward = getattr(reward, "deterministic", False) is True
         self.clock = PhaseClock()
         self.stats = DecodeStats()
@@ -150,6 +154,7 @@ class ProblemSeek:
         self.history: list[float] = []
         self.texts: list[str] = []  # the text each reward in ``history`` scored
         self.gen_ids: list[int] = []
+        self.gen_gaps: list[float | None] = []  # the original answer's decisions' top-2 gaps
         self.gen_latents: torch.Tensor | None = None
         self.T = 0  # original answer tokens, i.e. latents (compat's ids may lack the stop token)
         self.original_text = ""
@@ -159,10 +164,17 @@ class ProblemSeek:
         self.latent = None  # the driver's latent-step state (``LatentSteps.open``)
         self.steps = 0
         self.new_tokens: list[int] = []
+        self.new_gaps: list[float | None] = []  # the re-decoded tokens' top-2 gaps
         self.ids: list[int] | None = None  # the latest answer (None: the original stands)
         self.text: str | None = None
         self.text_to_score = ""
-        self.seen: dict[tuple[int, ...], tuple[list[int], str, float]] = {}  # re-decoded -> outcome
+        self.ids_to_score: list[int] = []  # its tokens, and their decisions' gaps (the audit's input)
+        self.gaps_to_score: list[float | None] = []
+        self.tail_gaps: list[float | None] = []  # the gaps of the continuation being scored
+        self.reply_gaps: dict[str, list[float]] = {}  # name -> gaps of a verifier reply of it
+        self.audits: list[TieAudit] = []  # one per reward in ``history``
+        # re-decoded tokens -> (answer ids, text, reward, the continuation's gaps)
+        self.seen: dict[tuple[int, ...], tuple[list[int], str, float, list[float | None]]] = {}
         self.pending_key: tuple[int, ...] | None = None  # re-decoded tokens being decoded/scored
         self.decode_secs = 0.0
         self.decode_tokens = 0
@@ -187,34 +199,49 @@ class ProblemSeek:
         t0 = time.perf_counter()
         self.stats.add(row.stats)
         self.gen_ids = list(row.ids)
+        self.gen_gaps = list(row.gaps)
         self.gen_latents = row.latent_tensor(width, device)
         self.T = len(self.gen_ids)
         self.answer_complete = row.stopped_by == "stop" and self.cont_stop == self.answer_stop
         if self.pool is not None:
             self.pool.add(self.gen_ids)
         self.original_text = self.tokenizer.decode(self.gen_ids)
-        self.text_to_score = self.original_text
+        self._to_score(self.original_text, self.gen_ids, self.gen_gaps)
         self.clock.charge("generate", row.secs + time.perf_counter() - t0)
         self.state = "score"
 
-    def from_answer(self, ids: list[int], latents: torch.Tensor, text: str, r0: float) -> None:
+    def from_answer(
+        self, ids: list[int], latents: torch.Tensor, text: str, r0: float, gaps: list[float] | None = None
+    ) -> None:
         """Start from a given original answer, already scored ``r0`` (compat): ``latents[t]``
         produced token t (one per generated token, the stop token's included, which ``ids``, the
-        research code's ``input_ids`` tail, may lack)."""
+        research code's ``input_ids`` tail, may lack); ``gaps[t]``: the top-2 gap of that
+        decision (None: unknown)."""
         self.gen_ids, self.gen_latents, self.original_text = list(ids), latents, text
         self.T = int(latents.shape[0])
-        self.text_to_score = text
+        self.gen_gaps = list(gaps[: len(ids)]) if gaps is not None else [None] * len(ids)
+        self._to_score(text, self.gen_ids, self.gen_gaps)
         if self.pool is not None:
             self.pool.add(self.gen_ids)
         self.scored(r0)
 
     # -- rewards -----------------------------------------------------------------------------
+    def _to_score(self, text: str, ids: list[int], gaps: list[float | None]) -> None:
+        self.text_to_score, self.ids_to_score, self.gaps_to_score = text, ids, gaps
+        self.reply_gaps = {}
+
     def scored(self, r: float) -> None:
-        """``text_to_score`` got reward ``r``: record it and move on (to ``step`` or ``done``)."""
+        """``text_to_score`` got reward ``r``: record it, and its near-tie audit, and move on (to
+        ``step`` or ``done``)."""
         self.history.append(r)
         self.texts.append(self.text_to_score)
+        replies = [self.reply_gaps[n] for n in self.prompts if n in self.reply_gaps]
+        self.audits.append(
+            audit_answer(self.ids_to_score, self.gaps_to_score, self.tie_gap, self.tokenizer.decode, replies)
+        )
+        self.reply_gaps = {}
         if self.pending_key is not None:
-            self.seen[self.pending_key] = (self.ids, self.text, r)
+            self.seen[self.pending_key] = (self.ids, self.text, r, self.tail_gaps)
             self.pending_key = None
         if len(self.history) > 1:
             n, secs = len(self.history) - 1, self.decode_secs
@@ -242,6 +269,7 @@ class ProblemSeek:
                 list(self.gen_ids),
                 self.original_text,
                 r,
+                self.gen_gaps[start + self.L :],
             )
         self.prefix = list(self.gen_ids[:start])
         self.state = "step"
@@ -262,9 +290,12 @@ class ProblemSeek:
         self.state = "verify"
         return self.prompts
 
-    def replied(self, name: str, text: str) -> None:
-        """One reply is in; with the last one, the reward is read and recorded."""
+    def replied(self, name: str, text: str, gaps: list[float] | None = None) -> None:
+        """One reply is in (``gaps``: its decisions' top-2 gaps, for the audit); with the last one,
+        the reward is read and recorded."""
         self.replies[name] = text
+        if gaps is not None:
+            self.reply_gaps[name] = list(gaps)
         if len(self.replies) == len(self.prompts):
             replies = {n: self.replies[n] for n in self.prompts}
             r = self.reward.reward_from_replies(self.question, self.text_to_score, replies)
@@ -291,16 +322,18 @@ class ProblemSeek:
         computes the next gradient direction)."""
         return self.steps + 1 < self.config.max_steps
 
-    def stepped(self, tokens: list[int]) -> DecodeJob | None:
-        """The latent step re-decoded ``tokens``: reuse an earlier outcome, or decode."""
+    def stepped(self, tokens: list[int], gaps: list[float] | None = None) -> DecodeJob | None:
+        """The latent step re-decoded ``tokens`` (``gaps``: their top-2 gaps): reuse an earlier
+        outcome, or decode."""
         cfg = self.config
         self.steps += 1
         self.new_tokens = list(tokens)
+        self.new_gaps = list(gaps) if gaps is not None else [None] * len(self.new_tokens)
         self.decode_secs, self.decode_tokens = 0.0, 0
         key = tuple(self.new_tokens)
         if cfg.reuse and key in self.seen:  # the same input: greedy gives the same continuation
-            self.ids, self.text, earlier = self.seen[key]
-            self.text_to_score = self.text
+            self.ids, self.text, earlier, tail = self.seen[key]
+            self._to_score(self.text, self.ids, self._prefix_gaps() + self.new_gaps + tail)
             self.stats.reused += 1
             if self.reuse_reward:
                 self.scored(earlier)
@@ -321,13 +354,18 @@ class ProblemSeek:
         self.stats.add(row.stats)
         self.ids = self.prefix + self.new_tokens + list(row.ids)
         self.text = self.tokenizer.decode(self.ids)
-        self.text_to_score = self.text
+        self.tail_gaps = list(row.gaps)
+        self._to_score(self.text, self.ids, self._prefix_gaps() + self.new_gaps + self.tail_gaps)
         if self.pool is not None:
             self.pool.add(self.ids)
         self.decode_tokens = len(self.new_tokens) + len(row.ids)
         self.decode_secs = row.secs + time.perf_counter() - t0
         self.clock.charge("decode", self.decode_secs)
         self.state = "score"
+
+    def _prefix_gaps(self) -> list[float | None]:
+        """The gaps of the answer's fixed prefix (the original's tokens before ``start_index``)."""
+        return self.gen_gaps[: len(self.prefix)]
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, stopped: str) -> None:
@@ -348,6 +386,8 @@ class ProblemSeek:
             reused=self.stats.reused,
             decode_stats=self.stats.to_dict(),
             texts=list(self.texts),
+            audit=list(self.audits),
+            tie_gap=self.tie_gap,
         )
         self.state = "done"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .audit import TieAudit
+
 PHASES = ("generate", "latent", "decode", "reward")
 
 
@@ -41,7 +43,9 @@ class SeekResult:
     (``SeekConfig.reuse``); ``decode_stats``: ``decoding.DecodeStats`` of the original answer and
     the continuations (tokens, forwards, drafts fed and accepted). ``texts``: the answer each
     reward scored, aligned with ``rewards`` (``texts[0]`` is the original answer), so that an
-    evaluation can judge every iteration (test-time scaling).
+    evaluation can judge every iteration (test-time scaling). ``audit``: the near-tie audit of
+    each scored answer (``engine.audit.TieAudit``), aligned with ``rewards``; ``tie_gap`` its
+    threshold.
     """
 
     answer: str
@@ -59,6 +63,8 @@ class SeekResult:
     reused: int = 0
     decode_stats: dict[str, int] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
+    audit: list[TieAudit] = field(default_factory=list)
+    tie_gap: float | None = None
 
     @property
     def original_reward(self) -> float:

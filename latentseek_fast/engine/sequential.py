@@ -20,12 +20,14 @@ from ..config import SeekConfig
 from ..decoding import rows as decode_rows
 from ..decoding.decoder import CacheDecoder, Decoder
 from ..decoding.drafts import forward_positions
-from ..decoding.model import lm_head_of
+from ..decoding.model import lm_head_of, softcap_of
+from ..decoding.rows import top2_gaps
 from ..decoding.slots import HFDecoder
 from ..decoding.stops import answer_stop_ids
 from ..prompts import build_prompt
 from ..rewards import make_reward
 from ..rewards.base import as_reward
+from .audit import resolve_tie_gap
 from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError
@@ -33,17 +35,24 @@ from .problem import ProblemSeek, start_row, take_latent_steps
 from .result import SeekResult
 
 
-def decode_options(config: SeekConfig, decoder: Decoder, device) -> dict:
-    """The options of ``decoding.rows.advance`` for a run: the draft policy, the most drafts a
-    feed may carry (on the slot store, drafts stay in the main forward, below its long-feed
-    width; a plain cache has one forward anyway) and a forward's fixed cost on ``device``
-    (``draft_policy="cost"``)."""
+def decode_options(config: SeekConfig, decoder: Decoder, model) -> dict:
+    """The options of ``decoding.rows.advance`` for a run of ``model``: the draft policy, the most
+    drafts a feed may carry (on the slot store, drafts stay in the main forward, below its
+    long-feed width; a plain cache has one forward anyway), a forward's fixed cost on the model's
+    device (``draft_policy="cost"``) and the final logit softcap (for the decisions' gaps)."""
     k = config.draft_tokens
     return {
         "policy": config.draft_policy,
         "max_drafts": min(k, decoder.long_feed - 1) if isinstance(decoder, HFDecoder) else k,
-        "fixed_cost": forward_positions(device),
+        "fixed_cost": forward_positions(lm_head_of(model).weight.device),
+        "softcap": softcap_of(model),
     }
+
+
+def tie_gap_of(config: SeekConfig, model) -> float:
+    """The near-tie audit's threshold for ``model``: ``config.tie_gap``, else the default for the
+    dtype of its LM head (``audit.TIE_GAPS``)."""
+    return resolve_tie_gap(config.tie_gap, lm_head_of(model).weight.dtype)
 
 
 def run_problem(p: ProblemSeek, model, steps: LatentSteps, decoder: Decoder | None = None) -> SeekResult:
@@ -52,7 +61,7 @@ def run_problem(p: ProblemSeek, model, steps: LatentSteps, decoder: Decoder | No
     head = lm_head_of(model)
     device, width = head.weight.device, head.weight.shape[1]
     decoder = CacheDecoder(model) if decoder is None else decoder
-    opts = decode_options(p.config, decoder, device)
+    opts = decode_options(p.config, decoder, model)
     slot = decoder.add_row()
     if p.state == "generate":
         row = start_row(decoder, slot, p.original_job())
@@ -146,6 +155,7 @@ def seek(
     p = ProblemSeek(
         0, question, prompt_ids, as_reward(reward_obj), config, tokenizer, backend=backend, label=label,
         answer_stop=answer_stop_ids(tokenizer), answer_cap=cap, context=context, emit=on_event,
+        tie_gap=tie_gap_of(config, model),
     )  # fmt: skip
     p.clock.charge("generate", time.perf_counter() - t0)
     result = run_problem(p, model, LatentSteps(model, config, backend))
@@ -176,6 +186,10 @@ def continue_seek(
     p = ProblemSeek(
         0, question, prompt_ids, as_reward(reward), config, tokenizer, backend=backend,
         label="the problem", answer_stop=cont_stop, cont_stop=cont_stop, cont_cap=cont_cap,
+        tie_gap=tie_gap_of(config, model),
     )  # fmt: skip
-    p.from_answer(answer_ids, latents, answer_text, r0)
+    head = lm_head_of(model)
+    with torch.no_grad():  # the given answer's decisions, rescored from the latents that made them
+        gaps = top2_gaps(head(latents.to(head.weight.dtype)), softcap_of(model)).tolist()
+    p.from_answer(answer_ids, latents, answer_text, r0, gaps)
     return run_problem(p, model, LatentSteps(model, config, backend))

@@ -12,7 +12,7 @@ from conftest import make_tiny_model
 from latentseek_fast.decoding.decoder import CacheDecoder
 from latentseek_fast.decoding.drafts import GPU_FORWARD_POSITIONS, DraftPool
 from latentseek_fast.decoding.greedy import greedy
-from latentseek_fast.decoding.rows import DecodeStats, Row, accept, advance, run
+from latentseek_fast.decoding.rows import DecodeStats, Row, accept, advance, run, top2_gaps
 from latentseek_fast.decoding.slots import HFDecoder
 
 V = 64
@@ -110,6 +110,10 @@ def test_advance_over_many_rows_equals_each_row_alone(model64, policy):
         alone = greedy(model64, prompt, stop=row_stop, max_tokens=cap)  # no drafts
         assert r.ids == alone.ids and r.stopped_by == alone.stopped_by and r.feed == []
         torch.testing.assert_close(r.latent_tensor(32, "cpu"), alone.latents, rtol=0, atol=1e-10)
+        # each decision's top-2 gap: the sorted fp64 logits of the latent that made it, alone
+        ranked = torch.sort(model64.lm_head(alone.latents).detach(), dim=-1, descending=True).values
+        assert len(r.gaps) == len(r.ids) and alone.gaps == pytest.approx(r.gaps, abs=1e-9)
+        assert r.gaps == pytest.approx((ranked[:, 0] - ranked[:, 1]).tolist(), abs=1e-9)
         assert [t for i, t in tokens if i == r.tag] == r.ids
         # each forward after the first: its accepted drafts + greedy's own (a stop may cut a run)
         assert r.stats.tokens == len(r.ids) <= 1 + r.stats.forwards + r.stats.accepted
@@ -121,6 +125,17 @@ def test_advance_over_many_rows_equals_each_row_alone(model64, policy):
     assert rows[3].stats.drafted == 0
     if policy == "full":
         assert rows[0].stats.accepted >= s  # the stop token came out of an accepted draft
+
+
+def test_top2_gaps_ties_softcap_and_one_token_vocabularies():
+    """An exact tie (small integers) has gap 0; the softcap's gap is that of the capped logits; a
+    one-token vocabulary has no runner-up (inf)."""
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 2.0, -1.0]])
+    assert top2_gaps(logits).tolist() == [0.0, 3.0]
+    capped = 4 * torch.tanh(logits / 4)
+    want = [0.0, (capped[1, 0] - capped[1, 2]).item()]
+    assert top2_gaps(logits, softcap=4.0).tolist() == pytest.approx(want, abs=1e-6)
+    assert top2_gaps(torch.ones(3, 1)).tolist() == [float("inf")] * 3
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])

@@ -62,8 +62,9 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
     s5 = dec.step({c: [12, 13]})
     close(s5[c], alone(seqs[2] + [12, 13])[3:])
 
-    # in pieces: steps of width 9, 3, 1, 3, 2 over 3 slots, 2 tokens per forward
-    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 8, "in-pieces": 5 + 2 + 1 + 2 + 1}[mode]
+    # in pieces: steps of width 9, 3, 1, 3, 2 over the 3, 2, 1, 2, 1 rows fed: 2, 3, 6, 3, 6 tokens
+    # per forward
+    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 8, "in-pieces": 5 + 1 + 1 + 1 + 1}[mode]
     dec.drop_row(a)
     d = dec.add_row()
     assert d == a and dec.length(d) == 0  # the freed slot is reused, empty
@@ -171,5 +172,51 @@ def test_long_feeds_alone_run_over_their_own_slots(llama64, monkeypatch):
     with torch.no_grad():
         want = hidden_states(llama64, torch.tensor([seq]), new_cache(llama64))[0]
     torch.testing.assert_close(out[rows[1]], want, rtol=0, atol=1e-12)
-    dec.step({r: seq[:20] for r in rows[:3]})  # three of four rows: padding the fourth is cheaper
-    assert seen == [[rows[1]], [0, 1, 2, 3]]
+    dec.step({r: seq[:20] for r in rows[:3]})  # three of four rows: one forward over them alone
+    assert seen == [[0], [0, 1, 2]]  # the fed rows were moved into the first slots
+
+
+def test_rows_that_wait_leave_the_forward(llama64):
+    """Rows with nothing to feed (waiting, or freed in the middle of the store) are not computed:
+    each forward covers exactly the fed rows, moved into the first slots, and every latent still
+    equals the same tokens decoded alone (fp64), through moves, forks, rollbacks and drops, over
+    a random schedule."""
+    model = llama64
+    g = torch.Generator().manual_seed(5)
+    rand = lambda n: torch.randint(0, 49152, (n,), generator=g).tolist()  # noqa: E731
+
+    def alone(seq):
+        with torch.no_grad():
+            return hidden_states(model, torch.tensor([seq]), new_cache(model))[0]
+
+    dec = HFDecoder(model, initial_capacity=4, long_feed=3)
+    seqs: dict[int, list[int]] = {}
+    for _ in range(6):
+        seqs[dec.add_row()] = []
+    fed_rows = computed = 0
+    for step in range(14):
+        if step == 5:  # a middle row finishes, a new one takes a handle, another forks a row
+            dec.drop_row(2)
+            del seqs[2]
+            r = dec.add_row()
+            seqs[r] = []
+            dec.fork(r, 0, len(seqs[0]) - 1)
+            seqs[r] = seqs[0][:-1]
+        if step == 9:
+            dec.rollback(1, 2)
+            seqs[1] = seqs[1][:2]
+        live = sorted(seqs)
+        fed = [r for r in live if torch.rand(1, generator=g).item() < 0.5 or not seqs[r]] or live[:1]
+        feeds = {r: rand(1 + int(torch.randint(0, 4, (1,), generator=g))) for r in fed}
+        before = dec.row_steps
+        out = dec.step(feeds)
+        # every forward (two when long feeds run apart) spans fed rows only
+        assert dec.row_steps - before <= 2 * len(fed)
+        fed_rows += len(fed)
+        computed += dec.row_steps - before
+        for r, toks in feeds.items():
+            seqs[r] = seqs[r] + toks
+            torch.testing.assert_close(out[r], alone(seqs[r])[-len(toks) :], rtol=0, atol=1e-12)
+            assert dec.length(r) == len(seqs[r])
+    assert dec.moves > 0  # the schedule did move rows
+    assert all(dec.slot_of[r] < len(dec.at) for r in seqs)

@@ -10,6 +10,16 @@ from ...config import DRAFT_POLICIES, LATENT_DTYPES, REWARD_NAMES, SeekConfig
 DESCRIPTION = "``latentseek-fast``: ``run`` one problem, or ``eval`` a data set with resumable JSONL output."
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: ``auto`` or an integer (range checked by ``checks.check_eval_flags``)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an integer >= 1") from None
+
+
 def add_seek_args(p: argparse.ArgumentParser) -> None:
     """The model, seek and task flags that ``run`` and ``eval`` share; their dests are
     ``SeekConfig`` field names, their defaults its defaults."""
@@ -103,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     e.add_argument(
         "--batch-size",
-        type=int,
-        default=8,
+        type=batch_size_arg,
+        default="auto",
         help="seeks in flight (continuous batching, one forward for all decoding rows); "
+        "auto (default): as many as memory allows, at most 64 decoder rows on a CPU; "
         "1: one problem at a time",
     )
     add_seek_args(e)
