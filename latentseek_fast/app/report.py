@@ -15,11 +15,13 @@ What a row must carry (``eval`` writes all of it):
   the plot uses ``iter_correct``). Files written before these fields existed still give the
   table and the reward plot; the scaling plot says it cannot be drawn for them.
 
-Runs: each results file is a run, unless it holds several one after another (files joined with
-``cat``). Rows do not record the seek's settings, so :func:`load_runs` tells them apart by order:
-a row whose problem already has a row with other contents in the current run starts the next
-run (``file#1``, ``file#2``, ...); a row equal to an earlier one is a copy and counted once. Each
-split and merge is said in one line. A file compared with itself is refused (one run twice).
+Runs: each results file is a run, unless its rows carry different ``settings`` (a resume with
+``--allow-mixed-settings``: each settings group is reported apart, labelled by the fields that
+differ) or it holds several runs one after another (files joined with ``cat``), which
+:func:`load_runs` tells apart by order: a row whose problem already has a row with other
+contents in the current run starts the next run (``file#1``, ``file#2``, ...); a row equal to an
+earlier one is a copy and counted once. Each grouping, split and merge is said in one line. A
+file compared with itself is refused (one run twice).
 
 Test-time scaling: the accuracy at budget ``k`` is the accuracy had every seek been stopped
 after at most ``k`` iterations. A seek that stopped earlier (its reward passed the threshold)
@@ -32,6 +34,7 @@ matplotlib is imported only to draw (``pip install 'latentseek-fast[report]'``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,26 +86,49 @@ def _shown(keys: Sequence[tuple[str, int]], most: int = 6) -> str:
     return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def load_runs(path: str | os.PathLike, label: str | None = None) -> tuple[list[Run], list[str]]:
-    """The runs in results file ``path`` (the results module reads and checks it) and ``notes``,
-    one line per merge or split: ``(runs, notes)``.
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
 
-    Nothing is dropped unsaid: a row equal to an earlier row of the same problem is a copy,
-    counted once (a note names them); a row of a problem that the current run already holds with
-    other contents starts a new run (files joined one after another), and the runs are labelled
-    ``label#1``, ``label#2``, ... (a note says where each starts).
-    """
-    path = os.fspath(path)
-    label = label or os.path.basename(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such results file")
-    rows = read_results(path)
-    if not rows:
-        raise ValueError(f"{path}: no rows (an eval writes one per finished problem)")
+
+Numbered = list[tuple[int, dict]]  # (line, row) pairs in file order
+
+
+def _settings_groups(rows: list[dict], label: str) -> tuple[list[tuple[str, Numbered]], list[str]]:
+    """``rows`` (file order) split by their ``settings``: ``[(label, [(line, row), ...])]`` and a
+    note. One group, labelled ``label``, unless rows carry two or more distinct settings (a
+    resume with ``--allow-mixed-settings``); then each group is labelled by the fields that
+    differ (``label [lr=0.05]``), and rows without settings form a ``[settings not recorded]``
+    group. Rows without settings join the only group when there is one."""
+    distinct: list[dict] = []
+    for r in rows:
+        s = r.get("settings")
+        if s is not None and s not in distinct:
+            distinct.append(s)
+    numbered = list(enumerate(rows, 1))  # read_results: one row per line, in file order
+    if len(distinct) <= 1:
+        return [(label, numbered)], []
+    varying = [k for k in sorted(set().union(*distinct)) if len({_value(s.get(k)) for s in distinct}) > 1]
+    keys: list[dict | None] = [*distinct] + ([None] if any(r.get("settings") is None for r in rows) else [])
+    groups = []
+    for n, key in enumerate(keys, 1):
+        if key is None:
+            name = "settings not recorded"
+        else:  # fields that differ only in being absent or null: the group's number
+            name = ", ".join(f"{k}={_value(key.get(k))}" for k in varying) or f"settings {n}"
+        groups.append((f"{label} [{name}]", [(line, r) for line, r in numbered if r.get("settings") == key]))
+    note = (
+        f"{label}: rows of {len(distinct)} different settings (resumed with --allow-mixed-settings; "
+        f"they differ in {', '.join(varying)}): reported apart as {', '.join(g[0] for g in groups)}"
+    )
+    return groups, [note]
+
+
+def _split_runs(label: str, numbered: Numbered) -> tuple[list[Run], list[str]]:
+    """One settings group's rows split into runs where a problem comes again with other contents."""
     parts: list[dict[tuple[str, int], tuple[int, dict]]] = [{}]  # key -> (line, row), per run
     copies: list[tuple[str, int]] = []
     starts: list[str] = []
-    for line, row in enumerate(rows, 1):  # read_results: one row per line, in file order
+    for line, row in numbered:
         key = _key(row)
         if any(part[key][1] == row for part in parts if key in part):
             copies.append(key)
@@ -125,6 +151,33 @@ def load_runs(path: str | os.PathLike, label: str | None = None) -> tuple[list[R
             f"{label}: {len(copies)} row(s) repeat an earlier row exactly ({_shown(copies)}): "
             "each counted once"
         )
+    return runs, notes
+
+
+def load_runs(path: str | os.PathLike, label: str | None = None) -> tuple[list[Run], list[str]]:
+    """The runs in results file ``path`` (the results module reads and checks it) and ``notes``,
+    one line per grouping, merge or split: ``(runs, notes)``.
+
+    Rows of different ``settings`` (a resume with ``--allow-mixed-settings``) are reported
+    apart, each group labelled by the fields that differ. Nothing is dropped unsaid: a row equal
+    to an earlier row of the same problem is a copy, counted once (a note names them); a row of
+    a problem that the current run already holds with other contents starts a new run (files
+    joined one after another), and the runs are labelled ``label#1``, ``label#2``, ... (a note
+    says where each starts).
+    """
+    path = os.fspath(path)
+    label = label or os.path.basename(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such results file")
+    rows = read_results(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows (an eval writes one per finished problem)")
+    groups, notes = _settings_groups(rows, label)
+    runs: list[Run] = []
+    for group_label, numbered in groups:
+        group_runs, group_notes = _split_runs(group_label, numbered)
+        runs += group_runs
+        notes += group_notes
     return runs, notes
 
 

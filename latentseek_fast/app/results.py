@@ -26,10 +26,15 @@ What the module guarantees:
 - Nothing is rewritten until the file is known to be a results file: every complete line is
   parsed and checked before the only in-place change, truncating a torn tail under the lock.
 - Summaries count each problem once (the first row of an index, should an old file hold two).
+- A file holds one run. ``eval`` rows carry their problem's ``fingerprint``
+  (:func:`problem_fingerprint`) and the ``settings`` that change results;
+  :func:`check_fingerprints` and :func:`check_settings` refuse rows of another data file or of
+  other settings (a resume, a merge). Rows without them (files written before) pass unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -46,10 +51,13 @@ __all__ = [
     "ROW_KEYS",
     "ResultsError",
     "ResultsWriter",
+    "check_fingerprints",
     "check_row",
+    "check_settings",
     "eval_row",
     "format_summary",
     "merge",
+    "problem_fingerprint",
     "read_results",
     "summarize",
     "unique_rows",
@@ -93,16 +101,78 @@ def check_row(row, where: str = "row") -> dict:
     return row
 
 
-def eval_row(index: int, problem, result, *, style: str, reward: str) -> dict:
+def problem_fingerprint(question: str, gold: str | None) -> str:
+    """A problem's fingerprint: the first 16 hex digits of the SHA-256 of the JSON text
+    ``[question, gold]`` (ASCII escapes, no spaces), the same on every Python and platform.
+    Rows carry it so that a resume or a merge can tell a row of another data file."""
+    text = json.dumps([question, gold], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def check_fingerprints(rows: Iterable[dict], fingerprints, where: str, data: str = "the data file") -> None:
+    """Every row with a ``fingerprint`` must match ``fingerprints[index]`` (the data's problems,
+    by index); else ``ResultsError`` naming the first mismatch. Rows without one pass."""
+    for r in rows:
+        fp, i = r.get("fingerprint"), r["index"]
+        if fp is None:
+            continue
+        if i >= len(fingerprints):
+            there = f"{data} has no problem {i} (it has {len(fingerprints)})"
+        elif fp != fingerprints[i]:
+            there = f"{data} has fingerprint {fingerprints[i]} at index {i} (another question or gold answer)"
+        else:
+            continue
+        raise ResultsError(
+            f"{where}: the row for problem {i} (id {r['id']!r}) has fingerprint {fp} but {there}: "
+            "it was written from another data file; resume with the data it was written from, "
+            "or choose another --out"
+        )
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def check_settings(
+    rows: Iterable[dict], settings: dict | None, where: str, ours: str = "this run"
+) -> tuple[dict | None, str]:
+    """Every row with ``settings`` must have ``settings`` (those of ``ours``; when None, of the
+    first row that has some); else ``ResultsError`` naming each differing field with both
+    values. Rows without settings pass. Returns ``(settings, ours)`` as compared against, so
+    that several files can be checked against one another in turn."""
+    for r in rows:
+        theirs = r.get("settings")
+        if theirs is None:
+            continue
+        if settings is None:
+            settings, ours = theirs, f"the row for problem {r['index']} of {where}"
+            continue
+        diff = _differences(theirs, settings)
+        if diff:
+            named = "; ".join(
+                f"{k}: {json.dumps(theirs.get(k))} in the row, {json.dumps(settings.get(k))} in {ours}"
+                for k in diff
+            )
+            raise ResultsError(
+                f"{where}: the row for problem {r['index']} was written with other settings ({named}); "
+                "use the same settings, choose another --out, or pass --allow-mixed-settings "
+                "(report then shows each settings group apart)"
+            )
+    return settings, ours
+
+
+def eval_row(index: int, problem, result, *, style: str, reward: str, settings: dict | None = None) -> dict:
     """The results row ``eval`` writes for ``problem`` (row ``index`` of its data file) from its
     ``SeekResult``: answers, every iteration's prediction and correctness (``iter_preds`` and
     ``iter_correct``, aligned with ``rewards``; what ``report`` plots), the ``reward`` it was scored
     with (``psrm`` or ``self``), lengths, timings. ``style`` is the prompt style answers are read in.
+    The problem's ``fingerprint`` and the run's ``settings`` (when given) tie the row to its run.
     """
     judged = [judge_reply(text, problem.gold, problem.dataset, style) for text in result.texts]
-    return {
+    row = {
         "index": index,
         "id": problem.id,
+        "fingerprint": problem_fingerprint(problem.question, problem.gold),
         "dataset": problem.dataset,
         "question": problem.question,
         "gold": problem.gold,
@@ -126,6 +196,9 @@ def eval_row(index: int, problem, result, *, style: str, reward: str) -> dict:
         "timings": result.timings,
         "seconds": sum(result.timings.values()),
     }
+    if settings is not None:
+        row["settings"] = settings
+    return row
 
 
 def _encode(row: dict) -> bytes:

@@ -157,8 +157,14 @@ def test_eval_row_judges_every_iteration_and_is_a_results_row():
         "iter_correct": [False, False, True], "reward": "psrm", "rewards": [-1.0, -1.0, 0.0],
         "iterations": 2, "stopped": "threshold", "original_length": 4, "final_length": 5,
         "update_length": 1, "backend": "torch", "reused": 1, "timings": timings, "seconds": 2.25,
+        "fingerprint": R.problem_fingerprint("What is 3 + 4?", "7"),
     }  # fmt: skip
     assert row == expected
+    settings = {"lr": 0.03, "model": "smollm2"}
+    assert R.eval_row(12, problem, res, style="boxed", reward="psrm", settings=settings) == {
+        **expected,
+        "settings": settings,
+    }
     no_gold = Problem(id="q", question="?", gold=None, dataset="gsm8k")
     row = R.eval_row(0, no_gold, res, style="boxed", reward="self")
     assert row["iter_preds"] == ["6", "8", "7"] and row["iter_correct"] == [False, False, False]

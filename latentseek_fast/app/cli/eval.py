@@ -7,7 +7,7 @@ import json
 import os
 
 from ..data import load_problems
-from ..results import ResultsError, eval_row, format_summary, read_results, summarize
+from ..results import ResultsError, eval_row, format_summary, problem_fingerprint, read_results, summarize
 from ..torchrun import sharded_results
 from .checks import (
     CLIError,
@@ -19,7 +19,7 @@ from .checks import (
     preflight,
     select_rows,
 )
-from .load import config_from, load_model_for, reward_for, reward_name
+from .load import config_from, load_model_for, reward_for, reward_name, run_settings
 from .progress import EvalProgress
 
 # How data-loading errors name the options when eval loads --data (data.OPTION_NAMES).
@@ -48,7 +48,9 @@ def cmd_eval(args) -> int:
     ``--batch-size`` seeks run in flight on ``iter_seek`` (continuous batching); ``--batch-size 1``
     runs ``seek``, one problem at a time. Both draft as ``--draft-tokens`` says and write the
     same rows. Under torchrun each rank runs its shard of the problems into its own file and
-    rank 0 merges them (``torchrun.sharded_results``). Ctrl-C ends with one line saying how many
+    rank 0 merges them (``torchrun.sharded_results``). Rows carry their problem's fingerprint
+    and the run's settings; a resume checks both against the rows already written, before the
+    model loads. Ctrl-C ends with one line saying how many
     rows the file holds (``Interrupted``).
     """
     check_eval_flags(args)
@@ -66,16 +68,25 @@ def cmd_eval(args) -> int:
         check_rows_match_files(args.out, problems)
     preflight(args)
     config = config_from(args)
+    settings = run_settings(args, config)
     check_backend(args)
     run = None
     try:
         with sharded_results(
-            args.out, selected, resume=args.resume, device=args.device, threads=args.threads
+            args.out,
+            selected,
+            resume=args.resume,
+            device=args.device,
+            threads=args.threads,
+            fingerprints=[problem_fingerprint(p.question, p.gold) for p in problems],
+            settings=settings,
+            allow_mixed_settings=args.allow_mixed_settings,
         ) as run:
             if run.todo:
                 args.device = run.device
                 model, tok = load_model_for(args)
-                eval_problems(args, config, model, tok, [problems[i] for i in run.todo], run)
+                batch = [problems[i] for i in run.todo]
+                eval_problems(args, config, settings, model, tok, batch, run)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_line(run.path if run is not None else args.out)) from None
     if run.env.is_main:
@@ -94,7 +105,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def eval_problems(args, config, model, tok, batch, run) -> None:
+def eval_problems(args, config, settings, model, tok, batch, run) -> None:
     """Seek ``batch`` (this rank's problems, ``run.todo`` order) and append each row as it ends."""
     # The seek's modules import torch: imported once a model is loaded, not when flags are checked.
     from ...engine import iter_seek
@@ -118,7 +129,8 @@ def eval_problems(args, config, model, tok, batch, run) -> None:
         stream = iter_seek(model, tok, batch, rewards, config, batch_size=args.batch_size, **common)
     try:
         for j, res in stream:
-            row = eval_row(run.todo[j], batch[j], res, style=args.prompt, reward=reward_name(args, batch[j]))
+            reward = reward_name(args, batch[j])
+            row = eval_row(run.todo[j], batch[j], res, style=args.prompt, reward=reward, settings=settings)
             run.append(row)
             progress.finished(row)
     finally:

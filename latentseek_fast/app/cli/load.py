@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ... import __version__
 from ...config import ConfigError, SeekConfig
 from ..torchrun import cpu_cores
 from .checks import CLIError, check_interpreter, default_device
@@ -20,6 +21,29 @@ def config_from(args) -> SeekConfig:
     except ConfigError as exc:
         option = "--" + exc.field.replace("_", "-")
         raise CLIError(f"{option} {exc.value}: {exc.allowed}") from None
+
+
+def run_settings(args, config: SeekConfig) -> dict:
+    """The settings that change an eval's results, recorded in every row (``settings``) and
+    compared on ``--resume``: the ``SeekConfig`` fields, the model as given (``smollm2`` for the
+    embedded one, a local path made absolute) and its dtype, the reward flags, the prompt style
+    and the package version. Known before the model loads. Threads, device and batch size are
+    left out: they change results only where a decision is a near-tie."""
+    from ..models import EMBEDDED_NAME, parse_dtype  # imports torch, as in checks.preflight
+
+    model = args.model or EMBEDDED_NAME
+    if model != EMBEDDED_NAME and os.path.exists(model):
+        model = os.path.abspath(model)
+    return {
+        **config.to_dict(),
+        "model": model,
+        "dtype": str(parse_dtype(args.dtype)).removeprefix("torch."),
+        "reward": args.reward or "auto",
+        "format_rule": args.format_rule,
+        "verifier_tokens": args.verifier_tokens,
+        "prompt": args.prompt,
+        "version": __version__,
+    }
 
 
 def default_cpu_threads(cores: int, load1: float) -> int:

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="at most this many problems (default: all)")
     e.add_argument("--out", default="results.jsonl")
     e.add_argument("--resume", action="store_true", help="continue --out, skipping problems already in it")
+    e.add_argument(
+        "--allow-mixed-settings",
+        action="store_true",
+        help="--resume: add rows with settings other than the file's (report shows each group apart)",
+    )
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     e.add_argument(
         "--batch-size",

@@ -26,8 +26,8 @@ Multi-node runs need ``<out>`` on a file system that every node sees: rank 0 rea
 shard, and checks that it found every row the other ranks reported (an error says so if not).
 
 The results module (``latentseek_fast.app.results``) is the one reader and writer of results
-files; this package uses only its ``read_results``, ``ResultsWriter``, ``merge``, ``fsync_dir``
-and ``ResultsError``.
+files; this package uses only its ``read_results``, ``ResultsWriter``, ``merge``, ``fsync_dir``,
+``check_fingerprints``, ``check_settings`` and ``ResultsError``.
 
 Modules: ``env`` (rank, device, threads), ``shards`` (who runs what, the shard files, the merge),
 ``collectives`` (the process group, broadcast and gather), ``sharded`` (``sharded_results``, the

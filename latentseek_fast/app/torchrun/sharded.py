@@ -55,6 +55,9 @@ def sharded_results(
     threads: int | None = None,
     timeout: timedelta = SYNC_TIMEOUT,
     environ: dict | None = None,
+    fingerprints: Sequence[str] | None = None,
+    settings: dict | None = None,
+    allow_mixed_settings: bool = False,
 ) -> Iterator[ShardedRun]:
     """Run this rank's share of ``indices`` into ``out``; on exit, rank 0 merges the shards.
 
@@ -63,7 +66,10 @@ def sharded_results(
     ``WORLD_SIZE`` > 1, and finds the finished problems (rank 0 reads, all ranks get the same
     answer). Yields a :class:`ShardedRun`: load the model on ``run.device``, then append one
     row per index of ``run.todo``. On a normal exit the ranks meet; rank 0 merges every file
-    into ``out`` (sorted by index) and sets ``run.rows``. On an exception this rank's file is
+    into ``out`` (sorted by index) and sets ``run.rows``. ``fingerprints`` (the data's problems'
+    fingerprints, by index) and ``settings`` (this run's) check the rows already written, on
+    resume before anything is written and again at the merge (``shards.check_files``;
+    ``allow_mixed_settings`` skips the settings check). On an exception this rank's file is
     closed (its rows stay) and the exception propagates; nothing is merged.
 
     One process (no torchrun): rows go straight into ``out``; shards left by an earlier
@@ -92,7 +98,8 @@ def sharded_results(
         plan: tuple[list[int], str | None, list[int]]
         if env.is_main:
             try:
-                plan = (sorted({r["index"] for r in finished_rows(out, resume)}), None, indices)
+                finished = finished_rows(out, resume, fingerprints, settings, allow_mixed_settings)
+                plan = (sorted({r["index"] for r in finished}), None, indices)
             except (ValueError, OSError) as exc:  # ResultsError is a ValueError
                 plan = ([], str(exc), indices)
         else:
@@ -120,7 +127,13 @@ def sharded_results(
         if env.is_main:
             if env.distributed or find_shards(out):
                 expected = done.union(*written)
-                run.rows = merge_shards(out, expected)
+                run.rows = merge_shards(
+                    out,
+                    expected,
+                    fingerprints=fingerprints,
+                    settings=settings,
+                    allow_mixed_settings=allow_mixed_settings,
+                )
             else:
                 run.rows = read_results(out)
     finally:

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from ..results import ResultsError, fsync_dir, merge, read_results
+from ..results import ResultsError, check_fingerprints, check_settings, fsync_dir, merge, read_results
 
 
 def shard(indices: Sequence[int], rank: int, world_size: int, done: Iterable[int] = ()) -> list[int]:
@@ -58,9 +58,37 @@ def find_shards(out: str | os.PathLike) -> list[str]:
     return [p for _, p in sorted(found)]
 
 
-def finished_rows(out: str, resume: bool) -> list[dict]:
-    """The rows already written for ``out`` (its own and its shards'); without ``resume`` any
-    existing file is an error."""
+def check_files(
+    files: Sequence[str],
+    fingerprints: Sequence[str] | None = None,
+    settings: dict | None = None,
+    allow_mixed_settings: bool = False,
+) -> list[dict]:
+    """The rows of ``files``, each checked to belong to this run: a row's ``fingerprint`` must
+    match ``fingerprints[index]`` (when given), and all rows' ``settings`` must equal
+    ``settings`` (when None, one another) unless ``allow_mixed_settings``. Rows without a
+    fingerprint or settings (files written before rows had them) pass. Reads only."""
+    rows: list[dict] = []
+    ours = "this run"
+    for p in files:
+        part = read_results(p)
+        if fingerprints is not None:
+            check_fingerprints(part, fingerprints, p)
+        if not allow_mixed_settings:
+            settings, ours = check_settings(part, settings, p, ours)
+        rows.extend(part)
+    return rows
+
+
+def finished_rows(
+    out: str,
+    resume: bool,
+    fingerprints: Sequence[str] | None = None,
+    settings: dict | None = None,
+    allow_mixed_settings: bool = False,
+) -> list[dict]:
+    """The rows already written for ``out`` (its own and its shards', checked by
+    :func:`check_files`); without ``resume`` any existing file is an error."""
     files = [p for p in [out, *find_shards(out)] if os.path.lexists(p)]
     if not resume:
         if files:
@@ -68,15 +96,22 @@ def finished_rows(out: str, resume: bool) -> list[dict]:
                 f"{files[0]} exists: pass --resume to continue that run, or choose another --out"
             )
         return []
-    rows: list[dict] = []
-    for p in files:
-        rows.extend(read_results(p))
-    return rows
+    return check_files(files, fingerprints, settings, allow_mixed_settings)
 
 
-def merge_shards(out: str | os.PathLike, expected: Iterable[int] = ()) -> list[dict]:
+def merge_shards(
+    out: str | os.PathLike,
+    expected: Iterable[int] = (),
+    *,
+    fingerprints: Sequence[str] | None = None,
+    settings: dict | None = None,
+    allow_mixed_settings: bool = False,
+) -> list[dict]:
     """Merge ``out`` (if it exists) and all its shard files into ``out``, sorted by index.
 
+    Every file is first checked by :func:`check_files` (fingerprints against ``fingerprints``,
+    the problems' by index, when given; settings equal to ``settings``, or to one another,
+    unless ``allow_mixed_settings``): a mismatch is a ``ResultsError`` and nothing is written.
     The merged file is written aside and checked to hold every index in ``expected`` before it
     replaces ``out``; only then are the shards removed. A crash at any point leaves every row
     in ``out`` or a shard, and merging again gives the same file.
@@ -84,6 +119,7 @@ def merge_shards(out: str | os.PathLike, expected: Iterable[int] = ()) -> list[d
     out = os.fspath(out)
     shards = find_shards(out)
     sources = ([out] if os.path.exists(out) else []) + shards
+    check_files(sources, fingerprints, settings, allow_mixed_settings)
     tmp = f"{out}.merging"
     if os.path.lexists(tmp):  # left by a merge that was killed before it replaced ``out``
         os.unlink(tmp)
