@@ -30,6 +30,14 @@ Run (on a quiet 2-core CPU at 2 threads: 49 minutes for the first five configura
 baseline 24 of them; the four ``*-cost`` ones come on top): ``python bench/bench_eval.py
 --threads 2``. Smoke run: ``python bench/bench_eval.py --quick`` (2 problems, 1 step, 24 new
 tokens, writes outside bench/results unless ``--out`` says so).
+
+Scaling run (``--scaling``, results ``scaling.csv``): the first 64 problems at 16, 32 and 64
+seeks in flight and ``batch_size="auto"``, each with both draft policies (``batch16`` ...
+``batchauto-cost``), and the baseline ``seq-nodraft`` on the first ``--baseline-limit`` (16) of
+them. Its ``speedup`` compares problems per hour (the baseline's over its 16 problems); its
+agreement columns compare with the baseline on those 16 (``same_answers``, ``same_rewards``)
+and with ``batch16`` of the same policy on all 64 (``same_as_batch16``).
+``python bench/plot.py`` draws problems per hour against the batch size.
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import bench_device, markdown_table, write_rows  # noqa: E402
 
-from latentseek_fast import SeekConfig, seek, seek_many  # noqa: E402
+from latentseek_fast import SeekConfig, seek  # noqa: E402
 from latentseek_fast.app.data import load_problems  # noqa: E402
 from latentseek_fast.app.models import load_model  # noqa: E402
+from latentseek_fast.engine.batched import Engine  # noqa: E402
 from latentseek_fast.prompts import build_prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,11 +74,21 @@ CONFIGS = {
     "batch4-cost": (4, "cost"),
     "batch8-cost": (8, "cost"),
     "batch16-cost": (16, "cost"),
+    "batch32": (32, "full"),
+    "batch64": (64, "full"),
+    "batchauto": ("auto", "full"),
+    "batch32-cost": (32, "cost"),
+    "batch64-cost": (64, "cost"),
+    "batchauto-cost": ("auto", "cost"),
 }
+# ``--scaling``: these configurations (and the baseline on the first --baseline-limit problems)
+SCALING = ["batch16", "batch32", "batch64", "batchauto"]
+SCALING = SCALING + [f"{c}-cost" for c in SCALING]
 # Below this top-2 logit gap (fp32) a different token is a rounding-order near-tie, not a bug.
 NEAR_TIE = 1e-4
 COLUMNS = [
     "config",
+    "batch_size",
     "problems",
     "wall_s",
     "problems_per_hour",
@@ -80,6 +99,7 @@ COLUMNS = [
     "reused",
     "same_answers",
     "same_rewards",
+    "same_as_batch16",
     "near_ties",
     "load1_before",
     "load1_after",
@@ -101,16 +121,20 @@ def find_data(explicit: str | None) -> Path:
     return REPO.parent / "shared" / "data" / DATA_NAME
 
 
-def run_config(name, model, tok, problems, config: SeekConfig, draft_tokens: int) -> tuple[list, float]:
-    """``(results, wall seconds)`` of one configuration over ``problems``."""
+def run_config(name, model, tok, problems, config: SeekConfig, draft_tokens: int) -> tuple[list, float, int]:
+    """``(results, wall seconds, seeks in flight)`` of one configuration over ``problems``."""
     batch, policy = CONFIGS[name]
     overrides = {"draft_tokens": draft_tokens if policy else 0, "draft_policy": policy or "full"}
     t0 = time.perf_counter()
     if batch is None:
-        results = [seek(model, tok, p, "psrm", config, **overrides) for p in problems]
+        results, size = [seek(model, tok, p, "psrm", config, **overrides) for p in problems], 1
     else:
-        results = seek_many(model, tok, problems, "psrm", config, batch_size=batch, **overrides)
-    return results, time.perf_counter() - t0
+        engine = Engine(model, tok, problems, "psrm", config, batch_size=batch, **overrides)
+        results = [None] * len(problems)
+        for i, res in engine.run():
+            results[i] = res
+        size = engine.batch_size
+    return results, time.perf_counter() - t0, size
 
 
 def _first_diff(a: list[int], b: list[int]) -> int | None:
@@ -159,13 +183,13 @@ def explain_diff(model, tok, problem, base, other) -> str:
     return f"it{k}@t{j}: gap {gap:.2e}" + (" tie" if tie else " NOT a tie")
 
 
-def summarise(name, results, wall, base, model, tok, problems, load) -> dict:
+def summarise(name, results, wall, base, model, tok, problems, load, size) -> dict:
     stats = [r.decode_stats or {} for r in results]
     tokens = sum(s.get("tokens", 0) for s in stats)
     forwards = sum(s.get("forwards", 0) for s in stats)
     row = {
         "config": name,
-        "batch_size": CONFIGS[name][0] or 1,
+        "batch_size": size,
         "problems": len(results),
         "wall_s": wall,
         "problems_per_hour": 3600.0 * len(results) / wall,
@@ -181,7 +205,7 @@ def summarise(name, results, wall, base, model, tok, problems, load) -> dict:
     }
     if base is not None:
         base_results, base_wall = base
-        row["speedup"] = base_wall / wall
+        row["speedup"] = row["problems_per_hour"] / (3600.0 * len(base_results) / base_wall)
         row["same_answers"] = sum(a.answer == b.answer for a, b in zip(base_results, results))
         row["same_rewards"] = sum(a.rewards == b.rewards for a, b in zip(base_results, results))
         diffs = [
@@ -215,15 +239,30 @@ def main(argv=None) -> None:
         "--quick", action="store_true", help="smoke run: 2 problems, 1 step, 24 new tokens, out of results/"
     )
     ap.add_argument("--out", help="results name or CSV path (default eval; --quick: /tmp/.../eval.csv)")
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the scaling run: --limit 64, the batch16..batchauto(-cost) configs, baseline on the first 16",
+    )
+    ap.add_argument("--baseline-limit", type=int, default=16, help="--scaling: the baseline's problems")
     args = ap.parse_args(argv)
+    if args.scaling:
+        if args.limit == 16:
+            args.limit = 64
+        if args.configs == ",".join(CONFIGS):
+            args.configs = ",".join([BASELINE, *SCALING])
+    else:
+        args.baseline_limit = args.limit
     if args.quick:
         args.limit, args.max_steps, args.max_new_tokens = min(args.limit, 2), 1, 24
+        args.baseline_limit = min(args.baseline_limit, args.limit)
     for name, lo in (
         ("limit", 1),
         ("threads", 1),
         ("max_steps", 0),
         ("max_new_tokens", 1),
         ("draft_tokens", 1),
+        ("baseline_limit", 1),
     ):
         v = getattr(args, name)
         if v < lo:
@@ -232,7 +271,8 @@ def main(argv=None) -> None:
     data = find_data(args.data)
     if not data.is_file():
         ap.error(f"--data {data}: no such file (set --data or LATENTSEEK_DATA)")
-    out = args.out or ("/tmp/latentseek-bench-quick/eval.csv" if args.quick else "eval")
+    name = "scaling" if args.scaling else "eval"
+    out = args.out or (f"/tmp/latentseek-bench-quick/{name}.csv" if args.quick else name)
     bench_device(ap, "cpu", args.threads)
 
     problems = load_problems(data, dataset="gsm8k")[: args.limit]
@@ -240,12 +280,19 @@ def main(argv=None) -> None:
     model, tok = load_model(dtype="float32")
     seek(model, tok, problems[0], "psrm", config, max_steps=1, max_new_tokens=4)  # warm-up, untimed
 
-    rows, base = [], None
+    rows, base, by_name = [], None, {}
     for name in configs:
         load0 = os.getloadavg()[0]
-        results, wall = run_config(name, model, tok, problems, config, args.draft_tokens)
+        todo = problems[: args.baseline_limit] if name == BASELINE else problems
+        results, wall, size = run_config(name, model, tok, todo, config, args.draft_tokens)
         load = (load0, os.getloadavg()[0])
-        row = summarise(name, results, wall, base, model, tok, problems, load)
+        row = summarise(name, results, wall, base, model, tok, problems, load, size)
+        first = by_name.get("batch16" + ("-cost" if name.endswith("-cost") else ""))
+        if args.scaling and first is not None:
+            row["same_as_batch16"] = sum(
+                a.answer == b.answer and a.rewards == b.rewards for a, b in zip(first, results)
+            )
+        by_name[name] = results
         row.update(
             max_steps=args.max_steps,
             max_new_tokens=args.max_new_tokens,

@@ -10,6 +10,8 @@
 - ``eval.csv`` (bench_eval.py): problems per hour per configuration (sequential ``seek`` with
   and without drafts, ``seek_many`` per batch size), speed-up and agreement with the baseline ->
   ``eval_<machine>.png``.
+- ``scaling.csv`` (bench_eval.py --scaling): problems per hour against the seeks in flight, one
+  line per draft policy (``batchauto`` marked) -> ``scaling_<machine>.png``.
 - ``threads.csv`` (bench_threads.py): decode forwards per thread count; tabulated as the median
   over the rounds whose 1-minute load was at most the lowest seen + ``THREADS_LOAD_SLACK`` ->
   ``threads_<machine>.png``.
@@ -65,6 +67,23 @@ SPECS = {
             "load1_before",
             "load1_after",
             "diffs",
+        ],
+    ),
+    "scaling": (
+        ["config", "problems", "max_steps", "max_new_tokens"],
+        [
+            "config",
+            "batch_size",
+            "problems",
+            "wall_s",
+            "problems_per_hour",
+            "speedup",
+            "tokens_per_forward",
+            "same_answers",
+            "same_rewards",
+            "same_as_batch16",
+            "load1_before",
+            "load1_after",
         ],
     ),
     # every round of every run is kept; ``aggregate_threads`` reduces them for the table
@@ -318,6 +337,43 @@ def plot_eval(rows, out: Path, plt) -> list[Path]:
     return made
 
 
+def plot_scaling(rows, out: Path, plt) -> list[Path]:
+    """Problems per hour against the batch size (seeks in flight), one line per draft policy;
+    ``auto`` is drawn at the size it chose, and the baseline as a dashed level."""
+    made = []
+    for (machine,), grp in by(rows, "machine").items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for policy in ("full", "cost"):
+            pts = sorted(
+                (r["batch_size"], r["problems_per_hour"])
+                for r in grp
+                if r.get("draft_policy") == policy and not str(r["config"]).startswith("batchauto")
+            )
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"drafts, policy {policy}")
+            for r in grp:
+                if r["config"] == "batchauto" + ("-cost" if policy == "cost" else ""):
+                    ax.plot([r["batch_size"]], [r["problems_per_hour"]], marker="*", ms=12, ls="none",
+                            label=f"auto ({policy}): {r['batch_size']}")  # fmt: skip
+        for r in grp:
+            if r["config"] == "seq-nodraft":
+                ax.axhline(r["problems_per_hour"], ls="--", color="gray", label="sequential, no drafts")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("seeks in flight (batch size)")
+        ax.set_ylabel("problems per hour")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"GSM8K, first {max(r['problems'] for r in grp)} problems, max_steps "
+            f"{grp[0].get('max_steps')}, {grp[0].get('max_new_tokens')} new tokens; {machine}",
+            fontsize=8,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        made.append(_save(fig, out / f"scaling_{slug(machine)}.png", plt))
+    return made
+
+
 def plot_threads(rows, out: Path, plt) -> list[Path]:
     made = []
     for (machine,), grp in by(aggregate_threads(rows), "machine").items():
@@ -463,6 +519,7 @@ def main(argv=None) -> None:
             made += plot_seek(flat.get("seek_iteration", []), flat.get("seek_whole", []), out, plt)
         made += plot_seek_gpu(flat.get("seek_gpu", []), out, plt)
         made += plot_eval(flat.get("eval", []), out, plt)
+        made += plot_scaling(flat.get("scaling", []), out, plt)
         made += plot_threads(flat.get("threads", []), out, plt)
     (out / "summary.md").write_text(summary(tables))
     for p in made + [out / "summary.md"]:

@@ -59,7 +59,7 @@ class SeekConfig:
       their compute by a cost model of the forward (``decoding.drafts.best_width``). The tokens are the same.
     - ``reuse``: an iteration whose re-decoded tokens equal an earlier iteration's reuses that
       continuation (and its reward, when the reward declares itself deterministic).
-    - ``tie_gap``: the near-tie audit's threshold (``engine.audit``): a greedy decision whose top-2
+    - ``tie_gap``: the near-tie audit's threshold (``audit``): a greedy decision whose top-2
       logit gap is below it could flip under another thread count, batch or GPU. None: the
       measured default for the model's dtype (``audit.TIE_GAPS``); 0 flags nothing.
     """

@@ -116,7 +116,7 @@ def test_the_walk_finds_a_cycle(tmp_path):
 
 # The layers, lowest first (docs/architecture.md); a module imports its own layer and those below.
 LAYERS = [
-    ("base", ("_util", "config", "backends")),
+    ("base", ("_util", "config", "backends", "audit")),
     ("ops", ("ops", "kernels", "_ext")),
     ("decoding", ("decoding",)),
     ("prompts", ("prompts",)),

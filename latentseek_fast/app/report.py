@@ -201,11 +201,15 @@ def format_table(runs: Sequence[Run]) -> str:
     """The tables of ``runs`` as one markdown table (a ``run`` column when there are several)."""
     head = ["dataset", "problems", "original acc", "optimised acc", "mean iterations"]
     head += ["mean original len", "mean final len"]
+    tables = [(run, table(run.rows)) for run in runs]
+    audited = any("fragile" in s for _, t in tables for s in t)
+    if audited:  # the near-tie audit: fragile answers counted as unknown give an interval
+        head += ["fragile", "optimised acc range"]
     if len(runs) > 1:
         head.insert(0, "run")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in runs:
-        for s in table(run.rows):
+    for run, summaries in tables:
+        for s in summaries:
             cells = [
                 s["dataset"],
                 str(s["problems"]),
@@ -215,6 +219,11 @@ def format_table(runs: Sequence[Run]) -> str:
                 f"{s['mean_original_length']:.1f}",
                 f"{s['mean_optimized_length']:.1f}",
             ]
+            if audited and "fragile" in s:
+                lo, hi = 100 * s["accuracy_low"], 100 * s["accuracy_high"]
+                cells += [f"{s['fragile']} of {s['audited']} audited", f"{lo:.1f}-{hi:.1f}"]
+            elif audited:
+                cells += ["not audited", "-"]
             if len(runs) > 1:
                 cells.insert(0, run.label)
             lines.append("| " + " | ".join(cells) + " |")

@@ -40,6 +40,8 @@ import os
 import stat
 from collections.abc import Iterable
 
+from ..audit import fragile
+from .extract import extract_answer
 from .judge import judge_reply
 
 try:
@@ -167,8 +169,16 @@ def eval_row(index: int, problem, result, *, style: str, reward: str, settings: 
     ``iter_correct``, aligned with ``rewards``; what ``report`` plots), the ``reward`` it was scored
     with (``psrm`` or ``self``), lengths, timings. ``style`` is the prompt style answers are read in.
     The problem's ``fingerprint`` and the run's ``settings`` (when given) tie the row to its run.
+    The near-tie audit: ``audit`` (one entry per scored answer, aligned with ``rewards``;
+    ``audit_entry``), ``tie_gap``, and ``fragile``: whether any answer on the seek's path was
+    fragile (``audit.fragile``; a flip there could change its reward and the path after
+    it, or the final answer itself).
     """
     judged = [judge_reply(text, problem.gold, problem.dataset, style) for text in result.texts]
+    audit = [
+        audit_entry(a, text, lambda t: extract_answer(t, problem.dataset, style))
+        for a, text in zip(result.audit, result.texts)
+    ]
     row = {
         "index": index,
         "id": problem.id,
@@ -195,10 +205,28 @@ def eval_row(index: int, problem, result, *, style: str, reward: str, settings: 
         "reused": result.reused,
         "timings": result.timings,
         "seconds": sum(result.timings.values()),
+        "tie_gap": result.tie_gap,
+        "fragile": any(a["fragile"] for a in audit),
+        "audit": audit,
     }
     if settings is not None:
         row["settings"] = settings
     return row
+
+
+def audit_entry(audit, text: str, answer_of) -> dict:
+    """A scored answer's ``TieAudit`` as a results row keeps it: the smallest top-2 gap and its
+    token index, the count of near-tie decisions and the text offset of the first, the same for
+    its verifier replies, and whether it is ``fragile`` (read with ``answer_of``)."""
+    return {
+        "min_gap": audit.min_gap,
+        "min_at": audit.min_at,
+        "near_ties": len(audit.below),
+        "first_near_tie": audit.first_char_below(),
+        "reply_min_gap": audit.reply_min_gap,
+        "reply_near_ties": audit.reply_below,
+        "fragile": fragile(audit, text, answer_of),
+    }
 
 
 def _encode(row: dict) -> bytes:
@@ -432,7 +460,7 @@ def summarize(rows: Iterable[dict], indices: Iterable[int] | None = None) -> dic
     def mean(k: str) -> float:
         return sum(r[k] for r in rs) / n
 
-    return {
+    out = {
         "problems": n,
         "original_accuracy": mean("original_correct"),
         "optimized_accuracy": mean("correct"),
@@ -440,18 +468,45 @@ def summarize(rows: Iterable[dict], indices: Iterable[int] | None = None) -> dic
         "mean_original_length": mean("original_length"),
         "mean_optimized_length": mean("final_length"),
     }
+    audited = [r for r in rs if isinstance(r.get("fragile"), bool)]
+    if audited:
+        out.update(accuracy_interval(rs, "correct", lambda r: r.get("fragile")))
+        out["audited"] = len(audited)
+    return out
+
+
+def accuracy_interval(rows: list[dict], correct: str, is_fragile) -> dict:
+    """The accuracy with fragile answers counted as unknown: ``fragile`` (how many), and the
+    optimised accuracy's interval ``accuracy_low`` (every fragile answer wrong) to
+    ``accuracy_high`` (every one right). A row without an audit (written before it existed)
+    counts as not fragile."""
+    n = len(rows)
+    weak = [bool(is_fragile(r)) for r in rows]
+    sure = sum(1 for r, w in zip(rows, weak) if r[correct] and not w)
+    return {"fragile": sum(weak), "accuracy_low": sure / n, "accuracy_high": (sure + sum(weak)) / n}
 
 
 def format_summary(s: dict) -> str:
     """``summarize``'s dict as a one-row markdown table."""
     if s["problems"] == 0:
         return "no problems evaluated"
-    return (
+    table = (
         "| problems | original acc | optimised acc | mean iterations | mean original len "
         "| mean optimised len |\n"
         "|---|---|---|---|---|---|\n"
         f"| {s['problems']} | {100 * s['original_accuracy']:.1f} | {100 * s['optimized_accuracy']:.1f} | "
         f"{s['mean_iterations']:.2f} | {s['mean_original_length']:.1f} | {s['mean_optimized_length']:.1f} |"
+    )
+    return table + ("\n" + fragile_line(s) if "fragile" in s else "")
+
+
+def fragile_line(s: dict) -> str:
+    """One line on the near-tie audit of a summary: how many final answers are fragile, and the
+    optimised accuracy as an interval with those counted as unknown."""
+    lo, hi = 100 * s["accuracy_low"], 100 * s["accuracy_high"]
+    return (
+        f"near-ties: {s['fragile']} of {s['problems']} final answers fragile (a near-tie decision "
+        f"before the answer); optimised accuracy {lo:.1f}-{hi:.1f} % counting them as unknown"
     )
 
 

@@ -13,7 +13,7 @@ those of plain decoding (the latents differ only by the blocking of a many-token
 
 Every decision also records its top-2 logit gap (``Row.gaps``: the chosen logit minus the
 runner-up, after the final softcap if the model has one), the near-tie audit's raw material
-(``engine.audit``): a decision whose gap is within rounding noise can flip under another thread
+(``audit``): a decision whose gap is within rounding noise can flip under another thread
 count, batch blocking or GPU. It costs one ``topk(2)`` over the step's logits beside the argmax,
 read back in the same host sync.
 """
@@ -34,8 +34,8 @@ from .drafts import DraftRow, best_width, forward_positions
 
 def top2_gaps(logits: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
     """``[n]`` top-2 gaps of ``logits [n, V]``: the largest logit minus the second largest (0 on
-    an exact tie, inf when V is 1), in fp32 (fp64 logits stay fp64); with ``softcap`` the gap of the capped logits
-    ``softcap * tanh(s / softcap)`` (a monotone map: the argmax is the same)."""
+    an exact tie, inf when V is 1), in fp32 (fp64 logits stay fp64); with ``softcap`` the gap of
+    the capped logits ``softcap * tanh(s / softcap)`` (a monotone map: the argmax is the same)."""
     if logits.shape[-1] < 2:
         return torch.full(logits.shape[:-1], float("inf"), device=logits.device)
     top = torch.topk(logits, 2, dim=-1).values

@@ -20,6 +20,7 @@ work (tokens fed, latent rows), so the problems' ``timings`` add up to the time 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -68,11 +69,15 @@ def auto_batch_size(
 
     ``longest_row``: the most positions a row can cache (the store is rectangular, so every slot
     is that long); ``rows_per_problem``: rows a problem can hold at once (1, or 1 + its verifier
-    replies); ``free_bytes``: memory free for the store (default ``decoding.slots.free_memory``),
-    of which ``KV_MEMORY_FRACTION`` is used."""
+    replies); ``free_bytes``: memory free for the store (default ``decoding.slots.free_memory``;
+    on a CPU shared by the ``LOCAL_WORLD_SIZE`` processes of a torchrun job, its share), of which
+    ``KV_MEMORY_FRACTION`` is used."""
     device = lm_head_of(model).weight.device
     cap = GPU_AUTO_ROWS if device.type == "cuda" else CPU_AUTO_ROWS
-    free = free_memory(device) if free_bytes is None else free_bytes
+    if free_bytes is None:
+        sharing = 1 if device.type == "cuda" else max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        free_bytes = free_memory(device) // sharing
+    free = free_bytes
     per_problem = kv_bytes_per_position(model) * max(1, longest_row) * rows_per_problem
     fit = int(free * KV_MEMORY_FRACTION // per_problem)
     by_rows = max(1, cap // rows_per_problem)
@@ -106,7 +111,7 @@ class Engine:
         **overrides,
     ):
         if batch_size != AUTO:
-            check_int("batch_size", batch_size)
+            check_int("batch_size", batch_size, note="or 'auto'")
         check_on_event(on_event)
         if isinstance(problems, (str, bytes)) or not isinstance(problems, Sequence):
             raise ValueError(

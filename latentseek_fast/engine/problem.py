@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..audit import TieAudit, audit_answer, resolve_tie_gap
 from ..config import SeekConfig
 from ..decoding.drafts import DraftPool, DraftRow
 from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
-from .audit import TieAudit, audit_answer, resolve_tie_gap
 from .context import continuation_cap
 from .events import IterationDone, OriginalDone, OriginalToken, rate
 from .result import PhaseClock, SeekResult

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .audit import TieAudit
+from ..audit import TieAudit
 
 PHASES = ("generate", "latent", "decode", "reward")
 
@@ -44,7 +44,7 @@ class SeekResult:
     the continuations (tokens, forwards, drafts fed and accepted). ``texts``: the answer each
     reward scored, aligned with ``rewards`` (``texts[0]`` is the original answer), so that an
     evaluation can judge every iteration (test-time scaling). ``audit``: the near-tie audit of
-    each scored answer (``engine.audit.TieAudit``), aligned with ``rewards``; ``tie_gap`` its
+    each scored answer (``audit.TieAudit``), aligned with ``rewards``; ``tie_gap`` its
     threshold.
     """
 

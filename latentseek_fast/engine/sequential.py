@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from .._util import say_once
+from ..audit import resolve_tie_gap
 from ..backends import resolve_backend
 from ..config import SeekConfig
 from ..decoding import rows as decode_rows
@@ -27,7 +28,6 @@ from ..decoding.stops import answer_stop_ids
 from ..prompts import build_prompt
 from ..rewards import make_reward
 from ..rewards.base import as_reward
-from .audit import resolve_tie_gap
 from .context import context_limit, original_cap
 from .events import ProblemDone
 from .latent import LatentSteps, StepError

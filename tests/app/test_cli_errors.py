@@ -95,6 +95,19 @@ def test_threads_below_one(no_load, data_file, tmp_path, capsys, threads):
     _one_line(capsys, f"--threads {threads}")
 
 
+@pytest.mark.parametrize(
+    "size,needle",
+    [
+        ("0", "--batch-size 0: expected 'auto' or an integer >= 1"),
+        ("many", "--batch-size many: expected 'auto' or an integer >= 1"),
+    ],
+)
+def test_batch_size_is_auto_or_a_positive_integer(no_load, data_file, tmp_path, capsys, size, needle):
+    assert _eval(data_file, tmp_path / "r.jsonl", "--batch-size", size) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_dtype_checked_before_load(no_load, capsys):
     assert cli.main(["run", "--dtype", "float8"]) == 2
     _one_line(capsys, "dtype='float8'")

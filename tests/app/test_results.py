@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from latentseek_fast.app import results as R
 from latentseek_fast.app.data import Problem
+from latentseek_fast.audit import TieAudit
 from latentseek_fast.engine.result import SeekResult
 
 
@@ -158,6 +159,7 @@ def test_eval_row_judges_every_iteration_and_is_a_results_row():
         "iterations": 2, "stopped": "threshold", "original_length": 4, "final_length": 5,
         "update_length": 1, "backend": "torch", "reused": 1, "timings": timings, "seconds": 2.25,
         "fingerprint": R.problem_fingerprint("What is 3 + 4?", "7"),
+        "tie_gap": None, "fragile": False, "audit": [],  # a result without an audit
     }  # fmt: skip
     assert row == expected
     settings = {"lr": 0.03, "model": "smollm2"}
@@ -168,6 +170,41 @@ def test_eval_row_judges_every_iteration_and_is_a_results_row():
     no_gold = Problem(id="q", question="?", gold=None, dataset="gsm8k")
     row = R.eval_row(0, no_gold, res, style="boxed", reward="self")
     assert row["iter_preds"] == ["6", "8", "7"] and row["iter_correct"] == [False, False, False]
+
+
+def test_eval_row_carries_the_near_tie_audit_and_the_summary_its_interval():
+    """Each scored answer's audit is kept, judged fragile when a near-tie comes before its
+    extracted answer; the row is fragile when any answer on its path is; the summary counts
+    fragile final answers and gives the optimised accuracy as an interval; rows written before
+    the audit count as not fragile."""
+    texts = ["so 3 + 4 = \\boxed{6}", "so 3 + 4 = \\boxed{7}. ok"]
+    end = len(texts[1]) - 1
+    audits = [
+        TieAudit(tie_gap=1e-3, min_gap=1e-4, min_at=2, decisions=9, below=[2], below_chars=[3]),
+        TieAudit(tie_gap=1e-3, min_gap=5e-4, min_at=8, decisions=10, below=[8], below_chars=[end]),
+    ]
+    res = SeekResult(
+        answer=texts[-1], answer_ids=[1, 2], original_answer=texts[0], original_ids=[1],
+        rewards=[-1.0, 0.0], original_length=9, update_length=1, final_length=10, iterations=1,
+        stopped="threshold", backend="torch", texts=texts, audit=audits, tie_gap=1e-3,
+    )  # fmt: skip
+    problem = Problem(id="p7", question="What is 3 + 4?", gold="7", dataset="gsm8k")
+    row = R.eval_row(3, problem, res, style="boxed", reward="psrm")
+    assert json.loads(json.dumps(row)) == row and row["tie_gap"] == 1e-3
+    assert [a["fragile"] for a in row["audit"]] == [True, False]  # the second's near-tie follows its box
+    assert row["audit"][0] == {
+        "min_gap": 1e-4, "min_at": 2, "near_ties": 1, "first_near_tie": 3, "reply_min_gap": None,
+        "reply_near_ties": 0, "fragile": True,
+    }  # fmt: skip
+    assert row["correct"] and row["fragile"]  # the first answer's reward could have gone otherwise
+    sure = {**row, "index": 4, "fragile": False}
+    wrong = {**row, "index": 5, "fragile": False, "correct": False}
+    old = {k: v for k, v in {**row, "index": 6}.items() if k not in ("fragile", "audit", "tie_gap")}
+    s = R.summarize([row, sure, wrong, old])
+    assert (s["fragile"], s["audited"]) == (1, 3)
+    assert (s["accuracy_low"], s["optimized_accuracy"], s["accuracy_high"]) == (0.5, 0.75, 0.75)
+    assert "1 of 4 final answers fragile" in R.format_summary(s) and "50.0-75.0 %" in R.format_summary(s)
+    assert "fragile" not in R.summarize([old]) and "near-ties" not in R.format_summary(R.summarize([old]))
 
 
 def test_merge_shards(tmp_path):

@@ -1,4 +1,4 @@
-"""The near-tie audit (``engine.audit``): what it records, and that it catches real divergences.
+"""The near-tie audit (``audit``): what it records, and that it catches real divergences.
 
 The reproducibility check: the same 4-problem seek run two ways that only reorder floating-point
 work (1 vs 2 threads, batch 1 vs 4) must give the same answers, except where an answer was
@@ -16,8 +16,8 @@ import torch
 from conftest import SmallTokenizer, make_tiny_model
 
 from latentseek_fast import SeekConfig, seek, seek_many
+from latentseek_fast.audit import TIE_GAPS, TieAudit, audit_answer, fragile, resolve_tie_gap
 from latentseek_fast.decoding import rows as decode_rows
-from latentseek_fast.engine.audit import TIE_GAPS, TieAudit, audit_answer, fragile, resolve_tie_gap
 from latentseek_fast.engine.problem import ProblemSeek
 
 QUESTIONS = ["What is 2+3?", "Name a prime.", "7 times 6?", "Spell cat."]
@@ -54,9 +54,9 @@ def test_fragile_means_a_near_tie_before_the_extracted_answer_is_complete():
 
 
 def test_tie_gap_defaults_per_dtype_and_is_validated():
-    assert resolve_tie_gap(None, torch.float32) == TIE_GAPS[torch.float32]
-    assert resolve_tie_gap(None, torch.bfloat16) == TIE_GAPS[torch.bfloat16]
-    assert TIE_GAPS[torch.float32] < TIE_GAPS[torch.float16] < TIE_GAPS[torch.bfloat16]
+    assert resolve_tie_gap(None, torch.float32) == TIE_GAPS["float32"]
+    assert resolve_tie_gap(None, torch.bfloat16) == TIE_GAPS["bfloat16"] == resolve_tie_gap(None, "bfloat16")
+    assert TIE_GAPS["float32"] < TIE_GAPS["float16"] < TIE_GAPS["bfloat16"]
     assert resolve_tie_gap(0.5, torch.bfloat16) == 0.5
     for bad in (-1.0, float("inf"), float("nan"), True, "x"):
         with pytest.raises(ValueError, match="tie_gap"):

@@ -16,13 +16,16 @@ from conftest import SmallTokenizer, assert_same_or_near_tie, make_tiny_model, o
 
 import latentseek_fast as lsf
 from latentseek_fast import baseline
+from latentseek_fast.decoding.slots import kv_bytes_per_position
 from latentseek_fast.engine import (
     IterationDone,
     OriginalDone,
     OriginalToken,
     ProblemDone,
     ProblemError,
+    batched,
 )
+from latentseek_fast.engine.batched import CPU_AUTO_ROWS, auto_batch_size
 from latentseek_fast.rewards import ReplyReward, SelfReward
 
 QUESTIONS = [
@@ -341,6 +344,7 @@ def test_events_stream_each_problem_in_order(llama64, tokenizer):
     "kw,error,match",
     [
         ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"batch_size": "many"}, ValueError, "batch_size='many': expected an integer >= 1 .or 'auto'"),
         ({"on_event": 3}, TypeError, "on_event=3"),
         ({"rho": 2.0}, ValueError, "rho=2.0"),
     ],
@@ -352,6 +356,34 @@ def test_bad_arguments_are_named(llama64, tokenizer, kw, error, match):
         lsf.seek_many(llama64, tokenizer, "What is 2+3?", hashed_reward)
     with pytest.raises(ValueError, match=r"problems\[1\]: problem=''"):
         lsf.seek_many(llama64, tokenizer, ["What is 2+3?", ""], hashed_reward)
+
+
+def test_auto_batch_size_takes_what_fits_up_to_the_row_cap(llama64, tokenizer):
+    """``batch_size="auto"``: problems that fit in half the free memory at the longest row's KV
+    bytes, at most ``CPU_AUTO_ROWS`` rows (a self-rewarded problem holds 5), at most the problems,
+    at least 1; the Engine sizes a longest row from its prompts, ``max_new_tokens`` and the
+    verifier cap."""
+    cfg = llama64.config
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 8  # fp64
+    assert kv_bytes_per_position(llama64) == per_position
+    free = per_position * 1000 * 10 * 2  # ten 1000-position rows in half of it
+    n, why = auto_batch_size(llama64, 100, 1000, free_bytes=free)
+    assert n == 10 and "10 fit" in why
+    huge = 2**50
+    assert auto_batch_size(llama64, 7, 1000, free_bytes=huge)[0] == 7
+    assert auto_batch_size(llama64, 500, 1000, free_bytes=huge)[0] == CPU_AUTO_ROWS
+    assert auto_batch_size(llama64, 500, 1000, rows_per_problem=5, free_bytes=huge)[0] == CPU_AUTO_ROWS // 5
+    assert auto_batch_size(llama64, 500, 10**9, free_bytes=1)[0] == 1
+    seen = []
+    real = batched.auto_batch_size
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batched, "auto_batch_size", lambda *a, **k: seen.append(a) or real(*a, **k))
+        engine = batched.Engine(llama64, tokenizer, QUESTIONS[:3], hashed_reward, max_new_tokens=20)
+        assert engine.batch_size == 3 and "3 problems in flight" in engine.batch_reason
+        sr = SelfReward(llama64, tokenizer, max_new_tokens=30)
+        batched.Engine(llama64, tokenizer, QUESTIONS[:3], sr, max_new_tokens=20)
+    longest = max(len(ids) for ids in engine.prompt_ids) + 2 * 20
+    assert seen == [(llama64, 3, longest, 1), (llama64, 3, longest + 30, 5)]
 
 
 # -- the embedded model --------------------------------------------------------------------------

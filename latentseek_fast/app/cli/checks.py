@@ -128,7 +128,7 @@ def check_out_dir(out: str) -> None:
 
 def check_eval_flags(args) -> None:
     """``eval``'s own numbers, ``--out`` and ``--dataset``, before the data file is read."""
-    if args.batch_size != "auto" and args.batch_size < 1:
+    if args.batch_size != "auto" and (isinstance(args.batch_size, str) or args.batch_size < 1):
         raise CLIError(f"--batch-size {args.batch_size}: expected 'auto' or an integer >= 1")
     if args.start < 0:
         raise CLIError(f"--start {args.start}: expected an integer >= 0")

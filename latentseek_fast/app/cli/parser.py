@@ -11,13 +11,12 @@ DESCRIPTION = "``latentseek-fast``: ``run`` one problem, or ``eval`` a data set 
 
 
 def batch_size_arg(text: str) -> int | str:
-    """``--batch-size``: ``auto`` or an integer (range checked by ``checks.check_eval_flags``)."""
-    if text == "auto":
-        return text
+    """``--batch-size``: an integer, or the text as given (``auto``; anything else is refused in
+    one line by ``checks.check_eval_flags``)."""
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an integer >= 1") from None
+        return text
 
 
 def add_seek_args(p: argparse.ArgumentParser) -> None:

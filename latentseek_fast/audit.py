@@ -22,23 +22,23 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
-# Default ``tie_gap`` per model dtype: a safety factor over the largest top-2 gap change that
+# Default ``tie_gap`` per model dtype (by name; this module imports no torch, so that results
+# files can be read without it): a safety factor over the largest top-2 gap change that
 # reordering the same computation produced (bench/results/ties/README.md).
 TIE_GAPS = {
-    torch.float32: 1e-3,
-    torch.float16: 2e-2,
-    torch.bfloat16: 1e-1,
+    "float32": 1e-3,
+    "float16": 2e-2,
+    "bfloat16": 1e-1,
 }
-TIE_GAP_OTHER = TIE_GAPS[torch.bfloat16]  # an unlisted dtype is taken as coarse as bf16
+TIE_GAP_OTHER = TIE_GAPS["bfloat16"]  # an unlisted dtype is taken as coarse as bf16
 
 
-def resolve_tie_gap(tie_gap: float | None, dtype: torch.dtype) -> float:
-    """``tie_gap`` itself, or the measured default for ``dtype`` when it is None."""
+def resolve_tie_gap(tie_gap: float | None, dtype) -> float:
+    """``tie_gap`` itself, or the measured default for ``dtype`` (a torch dtype or its name, such
+    as ``"bfloat16"``) when it is None."""
     if tie_gap is not None:
         return float(tie_gap)
-    return TIE_GAPS.get(dtype, TIE_GAP_OTHER)
+    return TIE_GAPS.get(str(dtype).removeprefix("torch."), TIE_GAP_OTHER)
 
 
 @dataclass
