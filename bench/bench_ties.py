@@ -38,10 +38,12 @@ seen, rounded up to 1, 2 or 5 times a power of ten, and how many real decisions 
 with at least one) fall below it and below a grid of thresholds; and the distribution of real
 gaps (answers and the latent step's re-decoded tokens).
 
-Run (about 8 minutes on 2 busy cores): ``python bench/bench_ties.py``; writes
-``results/ties/{perturbations,gaps,fragile}.csv``. Smoke run: ``--quick`` (2 problems, 16
-tokens, batch 4, 2 triton rows, fp32 and bf16, to /tmp/latentseek-bench-quick/ties unless
-``--out`` says so).
+Run (about 14 minutes on 2 cores at a load average of ~10, the cache-decoder pass the longest):
+``python bench/bench_ties.py``; writes
+``results/ties/{perturbations,gaps,fragile}.csv``. Smoke run: ``--quick`` (1 problem, 8
+tokens, batch 2, 1 triton row over 128 ids, fp32; ~30 s; to /tmp/latentseek-bench-quick/ties
+unless ``--out`` says so). fp16 is accepted by ``--dtypes`` but not in the default run: CPU fp16
+forwards are ~5x (one token) to ~20x (a prompt) slower than fp32 here.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from latentseek_fast.prompts import build_prompt  # noqa: E402
 
 K = 5  # candidates compared per decision: the baseline's top K ids
 SAFETY = 10.0  # tie_gap = SAFETY x the largest gap perturbation observed
-GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0)
+GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Unit roundoff per dtype (2^-(mantissa bits + 1)): the scale of one rounding.
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8, "fp16": 2.0**-11}
