@@ -166,6 +166,17 @@ def slot_records(model, prompts, answers, *, refs=None, companions=(), cap=0, st
     return records, out[:n], [torch.cat(h) for h in hidden]
 
 
+def alone(model, prompts, answers, refs, **options):
+    """``slot_records`` one problem at a time, each alone on its own one-row ``HFDecoder``."""
+    records, outs, hidden = [], [], []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        r, o, h = slot_records(model, [p], [a], refs=None if refs is None else [refs[i]], **options)
+        records += r
+        outs += o
+        hidden += h
+    return records, outs, hidden
+
+
 def cache_records(model, prompts, answers, refs):
     """``slot_records`` one row at a time on the sequential driver's ``CacheDecoder``."""
     recs = []
@@ -316,7 +327,7 @@ def measure(dtype: str, model, tok, prompts, companions, args, log) -> tuple[lis
     stop = answer_stop_ids(tok)
     set_threads(1)
     t0 = time.perf_counter()
-    base, answers, hidden = slot_records(model, prompts, [None] * len(prompts), cap=args.tokens, stop=stop)
+    base, answers, hidden = alone(model, prompts, [None] * len(prompts), None, cap=args.tokens, stop=stop)
     log(f"{dtype}: baseline decoded ({sum(map(len, answers))} decisions, {time.perf_counter() - t0:.0f} s)")
     refs = [r.get("ids") for r in base]
     b_ref = torch.cat([r.get("at_ref") for r in base])
@@ -332,7 +343,7 @@ def measure(dtype: str, model, tok, prompts, companions, args, log) -> tuple[lis
         log(f"{dtype}: {name}: {markdown_table([rows[-1]], PERTURBATION_COLUMNS).splitlines()[-1]}")
 
     set_threads(2)
-    recs2, _, _ = slot_records(model, prompts, answers, refs=refs)
+    recs2, _, _ = alone(model, prompts, answers, refs)
     set_threads(1)
     add("threads", recs2, "slot decoder, token by token, 2 threads vs 1")
 
