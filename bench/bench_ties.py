@@ -38,7 +38,8 @@ seen, rounded up to 1, 2 or 5 times a power of ten, and how many real decisions 
 with at least one) fall below it and below a grid of thresholds; and the distribution of real
 gaps (answers and the latent step's re-decoded tokens).
 
-Run (about 14 minutes on 2 cores at a load average of ~10, the cache-decoder pass the longest):
+Run (about 20 minutes on 2 cores at a load average of ~9, fp32 and bf16 alike; the decodes of
+each problem alone and the cache-decoder pass take most):
 ``python bench/bench_ties.py``; writes
 ``results/ties/{perturbations,gaps,fragile}.csv``. Smoke run: ``--quick`` (1 problem, 8
 tokens, batch 2, 1 triton row over 128 ids, fp32; ~30 s; to /tmp/latentseek-bench-quick/ties
