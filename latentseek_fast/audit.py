@@ -23,12 +23,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # Default ``tie_gap`` per model dtype (by name; this module imports no torch, so that results
-# files can be read without it): a safety factor over the largest top-2 gap change that
-# reordering the same computation produced (bench/results/ties/README.md).
+# files can be read without it): 10x the largest change of a real decision's top-2 gap that
+# reordering the same computation produced, rounded up to 1, 2 or 5 x 10^k
+# (bench/results/ties/README.md; embedded SmolLM2, 8 GSM8K answers of 128 tokens, AMD EPYC):
+# 1 vs 2 threads, one row of 16 vs alone, whole-sequence prefill vs token by token, the plain
+# cache vs the slot store, eager vs sdpa attention, the fused torch/triton heads vs F.linear.
+# fp32: largest 4.96e-5 (batch 16 vs alone), no flip; the smallest real gap seen was 3.8e-3.
+# bf16: largest 0.5 and up to 11 of 1001 decisions flipped (the logits are bf16: 2.3 % of
+# decisions are exact ties), so most bf16 answers are fragile at any threshold. fp16: not
+# measured; bf16's 0.5 scaled by fp16's 8x finer rounding, times 10.
 TIE_GAPS = {
-    "float32": 1e-3,
-    "float16": 2e-2,
-    "bfloat16": 1e-1,
+    "float32": 5e-4,
+    "float16": 1.0,
+    "bfloat16": 5.0,
 }
 TIE_GAP_OTHER = TIE_GAPS["bfloat16"]  # an unlisted dtype is taken as coarse as bf16
 

@@ -108,6 +108,13 @@ def test_batch_size_is_auto_or_a_positive_integer(no_load, data_file, tmp_path, 
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def test_tie_gap_below_zero(no_load, data_file, tmp_path, capsys):
+    assert _eval(data_file, tmp_path / "r.jsonl", "--tie-gap", "-1") == 2
+    _one_line(
+        capsys, "--tie-gap -1.0: expected None (the default for the model's dtype) or a finite number >= 0"
+    )
+
+
 def test_dtype_checked_before_load(no_load, capsys):
     assert cli.main(["run", "--dtype", "float8"]) == 2
     _one_line(capsys, "dtype='float8'")

@@ -63,6 +63,13 @@ def add_seek_args(p: argparse.ArgumentParser) -> None:
         default=d.draft_policy,
         help="full: feed every draft; cost: only as many as a cost model of the forward says pay off",
     )
+    g.add_argument(
+        "--tie-gap",
+        type=float,
+        default=d.tie_gap,
+        help="near-tie audit: decisions whose top-2 logit gap is below this are flagged "
+        "(default: measured per dtype, fp32 5e-4, bf16 5)",
+    )
     g = p.add_argument_group("task")
     g.add_argument(
         "--reward",

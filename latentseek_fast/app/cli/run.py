@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from ...audit import fragile
 from ..data import Problem
 from ..demo import demo_problems
+from ..extract import extract_answer
 from ..judge import judge_reply
 from .checks import CLIError, check_backend, preflight
 from .load import config_from, load_model_for, reward_for, reward_name
@@ -92,4 +94,21 @@ def cmd_run(args) -> int:
             f"final: {pred!r} ({'correct' if ok else 'wrong'})"
         )
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
+    print(near_tie_line(res, lambda t: extract_answer(t, problem.dataset, args.prompt)))
     return 0
+
+
+def near_tie_line(res, answer_of) -> str:
+    """The run's near-tie audit in one line: the final answer's smallest top-2 gap, the near-tie
+    decisions of all scored answers, and whether the result is fragile (``audit.fragile``)."""
+    if not res.audit:
+        return "near-ties: not audited"
+    last = res.audit[-1]
+    weak = [i for i, (a, t) in enumerate(zip(res.audit, res.texts)) if fragile(a, t, answer_of)]
+    smallest = "none audited" if last.min_gap is None else f"{last.min_gap:.3g} at token {last.min_at}"
+    near = sum(len(a.below) + a.reply_below for a in res.audit)
+    verdict = f"fragile (answers {weak}; 0 = the original)" if weak else "not fragile"
+    return (
+        f"near-ties: final answer's smallest top-2 gap {smallest}; {near} decisions below "
+        f"tie_gap {res.tie_gap:g} in {len(res.audit)} scored answers; {verdict}"
+    )
