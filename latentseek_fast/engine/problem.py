@@ -23,6 +23,7 @@ reuse table, the stop rules, the guards' labels, the events and the result exist
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,15 +85,16 @@ def start_row(decoder, slot: int, job: DecodeJob) -> Row:
     )
 
 
-def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[list[int]]:
+def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[tuple[list[int], list[float]]]:
     """The due latent step of every one of ``problems`` in one ``latent.LatentSteps.step`` call
     (each problem's latent state opened on first use); the time is shared by their latent rows.
-    Returns each problem's re-decoded tokens; a failing step raises ``latent.StepError``."""
+    Returns each problem's ``(re-decoded tokens, their top-2 logit gaps)``; a failing step raises
+    ``latent.StepError``."""
     t0 = time.perf_counter()
     for p in problems:
         if p.latent is None:
             p.latent = steps.open(p.latent_rows)
-    tokens = steps.step(
+    stepped = steps.step(
         [p.latent for p in problems],
         [p.history[-1] for p in problems],
         [p.steps for p in problems],
@@ -100,7 +102,7 @@ def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[list[int]]:
         [p.need_next for p in problems],
     )
     PhaseClock.share([(p.clock, "latent", p.L) for p in problems], time.perf_counter() - t0)
-    return tokens
+    return stepped
 
 
 class ProblemSeek:
@@ -159,6 +161,7 @@ class ProblemSeek:
         self.latent = None  # the driver's latent-step state (``LatentSteps.open``)
         self.steps = 0
         self.new_tokens: list[int] = []
+        self.new_gaps: list[float] = []  # top-2 logit gap of each re-decoded token (near-tie audit)
         self.ids: list[int] | None = None  # the latest answer (None: the original stands)
         self.text: str | None = None
         self.text_to_score = ""
@@ -291,11 +294,13 @@ class ProblemSeek:
         computes the next gradient direction)."""
         return self.steps + 1 < self.config.max_steps
 
-    def stepped(self, tokens: list[int]) -> DecodeJob | None:
-        """The latent step re-decoded ``tokens``: reuse an earlier outcome, or decode."""
+    def stepped(self, tokens: list[int], gaps: list[float] | None = None) -> DecodeJob | None:
+        """The latent step re-decoded ``tokens`` (``gaps``: their top-2 logit gaps, NaN when not
+        given): reuse an earlier outcome, or decode."""
         cfg = self.config
         self.steps += 1
         self.new_tokens = list(tokens)
+        self.new_gaps = [math.nan] * len(self.new_tokens) if gaps is None else [float(g) for g in gaps]
         self.decode_secs, self.decode_tokens = 0.0, 0
         key = tuple(self.new_tokens)
         if cfg.reuse and key in self.seen:  # the same input: greedy gives the same continuation
