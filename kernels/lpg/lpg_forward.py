@@ -70,10 +70,13 @@ def _lpg_fwd_kernel(
     neg_inf = float("-inf")
     m = tl.full((BLOCK_M,), neg_inf, tl.float32)
     se = tl.zeros((BLOCK_M,), tl.float32)
-    amax = tl.zeros((BLOCK_M,), tl.int64)
+    # Running ids in int32 (ids < V < 2**31), stored as int64: with the second max (m2) in the loop
+    # state, int64 ids made ptxas spill 2-4 instructions in every fp32 32-row greedy and sampling
+    # variant on sm_90 (triton 3.9, bench/aot_check.py); int32 ids take none (64-128 registers).
+    amax = tl.zeros((BLOCK_M,), tl.int32)
     m2 = tl.full((BLOCK_M,), neg_inf, tl.float32)
     gval = tl.full((BLOCK_M,), neg_inf, tl.float32)
-    gidx = tl.zeros((BLOCK_M,), tl.int64)
+    gidx = tl.zeros((BLOCK_M,), tl.int32)
     gs = tl.zeros((BLOCK_M,), tl.float32)
     ts = tl.zeros((BLOCK_M,), tl.float32)
     if HAS_TOKENS:
@@ -116,7 +119,7 @@ def _lpg_fwd_kernel(
         # Top 2 of {m, m2, c_max, c_2}, given m >= m2 and c_max >= c_2.
         m2 = tl.maximum(tl.maximum(m2, c_2), tl.minimum(m, c_max))
         better = c_max > m  # strict: the earlier tile keeps ties
-        amax = tl.where(better, c_idx, amax)
+        amax = tl.where(better, c_idx.to(tl.int32), amax)
         m_new = tl.maximum(m, c_max)
         se = se * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
         m = m_new
@@ -127,18 +130,18 @@ def _lpg_fwd_kernel(
             g_s = tl.sum(tl.where(cols[None, :] == g_idx[:, None], s, 0.0), 1)
             better = g_max > gval
             gval = tl.where(better, g_max, gval)
-            gidx = tl.where(better, g_idx, gidx)
+            gidx = tl.where(better, g_idx.to(tl.int32), gidx)
             gs = tl.where(better, g_s, gs)
         if HAS_TOKENS:
             ts += tl.sum(tl.where(cols[None, :] == tok[:, None], s, 0.0), 1)
     out = pid_s * N + rows
     tl.store(m_ptr + out, m, mask=row_ok)
     tl.store(se_ptr + out, se, mask=row_ok)
-    tl.store(amax_ptr + out, amax, mask=row_ok)
+    tl.store(amax_ptr + out, amax.to(tl.int64), mask=row_ok)
     tl.store(m2_ptr + out, m2, mask=row_ok)
     if SAMPLE:
         tl.store(gval_ptr + out, gval, mask=row_ok)
-        tl.store(gidx_ptr + out, gidx, mask=row_ok)
+        tl.store(gidx_ptr + out, gidx.to(tl.int64), mask=row_ok)
         tl.store(gs_ptr + out, gs, mask=row_ok)
     if HAS_TOKENS:
         tl.store(ts_ptr + out, ts, mask=row_ok)
