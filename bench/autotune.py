@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         reward_t = torch.full((n,), -1.0, device=device)
         launch, part = fwd_launch(hidden, weight, None, None, None, 1.0, "greedy", 0)
         launch.run()
-        tok, _, lse, argmax = combine(part)
+        tok, _, lse, argmax, _ = combine(part)
         glaunch, g_ref = grad_launch(hidden, weight, None, tok, lse, reward_t, None, 1.0)
         glaunch.run()
         g_scale = float(g_ref.abs().max()) or 1.0
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
                     if kernel == "fwd":
                         lc, p = fwd_launch(hidden, weight, None, None, None, 1.0, "greedy", 0, blocks=cfg)
                         lc.run()
-                        _, _, lse_c, am_c = combine(p)
+                        _, _, lse_c, am_c, _ = combine(p)
                         ok = bool((am_c == argmax).all()) and float((lse_c - lse).abs().max()) < 1e-3
                         check = "ok" if ok else "MISMATCH"
                     else:

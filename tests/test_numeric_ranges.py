@@ -190,7 +190,7 @@ class _Stub:
         self.latents, self.grad = latents, grad
 
     def step(self, reward, need_next=True):
-        return [0]
+        return [0], [1.5]
 
     def state(self):
         return self.latents, self.grad
@@ -208,8 +208,8 @@ def test_step_guard_names_latents_or_gradient(tiny):
             raise e.error from None
 
     ok, bad = torch.zeros(2, 3), torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
-    assert step(_Stub(ok, ok)) == [[0]]
-    assert step(_Stub(ok, None)) == [[0]]
+    assert step(_Stub(ok, ok)) == [([0], [1.5])]
+    assert step(_Stub(ok, None)) == [([0], [1.5])]
     with pytest.raises(RuntimeError, match="seek step 4 of problem 'x': NaN or inf in the latents"):
         step(_Stub(bad, ok), taken=3)
     with pytest.raises(RuntimeError, match="seek step 1 of problem 'x': NaN or inf in the gradient"):

@@ -1,8 +1,9 @@
-"""Pass 1 of the latent policy gradient: per-row lse, argmax, Gumbel-max and the chosen token's logit.
+"""Pass 1 of the latent policy gradient: per-row lse, argmax and its top-2 gap, Gumbel-max, the token's logit.
 
 Grid ``(row blocks, V splits)``. Each program streams its split of W in BLOCK_N tiles (the
 logits tile is a loop over d in BLOCK_K), keeps an online max / sum-exp, the first argmax,
-the Gumbel-max and the teacher token's logit in registers, and writes one partial per row
+the running second largest s (for the top-2 gap), the Gumbel-max and the teacher token's
+logit in registers, and writes one partial per row
 into small ``[S, N]`` buffers that ``lpg_forward`` combines in torch. Splitting V lets a few
 rows (N ~ 30..300 in a seek) still fill every SM. No [N, V] tensor is ever written.
 """
@@ -33,6 +34,7 @@ def _lpg_fwd_kernel(
     m_ptr,  # [S, N] fp32 out: split max of s
     se_ptr,  # [S, N] fp32 out: split sum of exp(s - split max)
     amax_ptr,  # [S, N] int64 out: split argmax of s (lowest index on ties)
+    m2_ptr,  # [S, N] fp32 out: split second largest s (= the split max on a tie; -inf: one id)
     gval_ptr,  # [S, N] fp32 out: split max of s + g (SAMPLE)
     gidx_ptr,  # [S, N] int64 out: split argmax of s + g (SAMPLE)
     gs_ptr,  # [S, N] fp32 out: s at the split's Gumbel-max (SAMPLE)
@@ -68,9 +70,13 @@ def _lpg_fwd_kernel(
     neg_inf = float("-inf")
     m = tl.full((BLOCK_M,), neg_inf, tl.float32)
     se = tl.zeros((BLOCK_M,), tl.float32)
-    amax = tl.zeros((BLOCK_M,), tl.int64)
+    # Running ids in int32 (ids < V < 2**31), stored as int64: with the second max (m2) in the loop
+    # state, int64 ids made ptxas spill 2-4 instructions in every fp32 32-row greedy and sampling
+    # variant on sm_90 (triton 3.9, bench/aot_check.py); int32 ids take none (64-128 registers).
+    amax = tl.zeros((BLOCK_M,), tl.int32)
+    m2 = tl.full((BLOCK_M,), neg_inf, tl.float32)
     gval = tl.full((BLOCK_M,), neg_inf, tl.float32)
-    gidx = tl.zeros((BLOCK_M,), tl.int64)
+    gidx = tl.zeros((BLOCK_M,), tl.int32)
     gs = tl.zeros((BLOCK_M,), tl.float32)
     ts = tl.zeros((BLOCK_M,), tl.float32)
     if HAS_TOKENS:
@@ -108,8 +114,12 @@ def _lpg_fwd_kernel(
         s = tl.where(col_ok[None, :], lraw * inv_temp, neg_inf)
         c_max = tl.max(s, 1)
         c_idx = tl.min(tl.where(s == c_max[:, None], cols[None, :], big), 1)
+        # The tile's second largest: its max column masked out, so a repeated max is kept (gap 0).
+        c_2 = tl.max(tl.where(cols[None, :] == c_idx[:, None], neg_inf, s), 1)
+        # Top 2 of {m, m2, c_max, c_2}, given m >= m2 and c_max >= c_2.
+        m2 = tl.maximum(tl.maximum(m2, c_2), tl.minimum(m, c_max))
         better = c_max > m  # strict: the earlier tile keeps ties
-        amax = tl.where(better, c_idx, amax)
+        amax = tl.where(better, c_idx.to(tl.int32), amax)
         m_new = tl.maximum(m, c_max)
         se = se * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
         m = m_new
@@ -120,17 +130,18 @@ def _lpg_fwd_kernel(
             g_s = tl.sum(tl.where(cols[None, :] == g_idx[:, None], s, 0.0), 1)
             better = g_max > gval
             gval = tl.where(better, g_max, gval)
-            gidx = tl.where(better, g_idx, gidx)
+            gidx = tl.where(better, g_idx.to(tl.int32), gidx)
             gs = tl.where(better, g_s, gs)
         if HAS_TOKENS:
             ts += tl.sum(tl.where(cols[None, :] == tok[:, None], s, 0.0), 1)
     out = pid_s * N + rows
     tl.store(m_ptr + out, m, mask=row_ok)
     tl.store(se_ptr + out, se, mask=row_ok)
-    tl.store(amax_ptr + out, amax, mask=row_ok)
+    tl.store(amax_ptr + out, amax.to(tl.int64), mask=row_ok)
+    tl.store(m2_ptr + out, m2, mask=row_ok)
     if SAMPLE:
         tl.store(gval_ptr + out, gval, mask=row_ok)
-        tl.store(gidx_ptr + out, gidx, mask=row_ok)
+        tl.store(gidx_ptr + out, gidx.to(tl.int64), mask=row_ok)
         tl.store(gs_ptr + out, gs, mask=row_ok)
     if HAS_TOKENS:
         tl.store(ts_ptr + out, ts, mask=row_ok)
@@ -174,6 +185,7 @@ def fwd_launch(
     m = torch.empty(num_splits, n, **f32)
     se = torch.empty(num_splits, n, **f32)
     amax = torch.empty(num_splits, n, dtype=torch.int64, device=dev)
+    m2 = torch.empty(num_splits, n, **f32)
     if sample:
         gval, gs = torch.empty(num_splits, n, **f32), torch.empty(num_splits, n, **f32)
         gidx = torch.empty(num_splits, n, dtype=torch.int64, device=dev)
@@ -190,6 +202,7 @@ def fwd_launch(
         m,
         se,
         amax,
+        m2,
         gval,
         gidx,
         gs,
@@ -218,15 +231,15 @@ def fwd_launch(
         BLOCK_K=bk,
         num_warps=warps,
     )
-    partials = dict(m=m, se=se, amax=amax, gval=gval, gidx=gidx, gs=gs, ts=ts, tokens=tok_arg)
-    partials.update(sample=sample, has_tokens=has_tokens)
+    partials = dict(m=m, se=se, amax=amax, m2=m2, gval=gval, gidx=gidx, gs=gs, ts=ts, tokens=tok_arg)
+    partials.update(sample=sample, has_tokens=has_tokens, temperature=float(temperature))
     return KernelLaunch(_lpg_fwd_kernel, (row_blocks, num_splits), args, meta), partials
 
 
 def lpg_forward(
     hidden, weight, bias, tokens, softcap, temperature, mode, seed_key, num_splits=None, blocks=None
 ):
-    """Pass 1. Returns ``(tokens, logprob, lse, argmax)`` (int64, fp32, fp32, int64; all [N]).
+    """Pass 1. Returns ``(tokens, logprob, lse, argmax, gap)`` (int64, fp32, fp32, int64, fp32; all [N]).
 
     ``num_splits`` overrides the V split count (default: enough programs for ~4 waves of SMs),
     ``blocks`` the ``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` choice.
@@ -240,7 +253,7 @@ def lpg_forward(
 
 
 def combine(p):
-    """``(tokens, logprob, lse, argmax)`` from pass 1's ``[S, N]`` partials."""
+    """``(tokens, logprob, lse, argmax, gap)`` from pass 1's ``[S, N]`` partials."""
     m, se, amax = p["m"], p["se"], p["amax"]
     # Combine the [S, N] partials (tiny): lse by log-sum-exp of split sums, argmax by the first
     # split holding the global max (splits are in V order, so the lowest index wins ties).
@@ -248,6 +261,9 @@ def combine(p):
     lse = m_all + torch.log((se * torch.exp(m - m_all)).sum(dim=0))
     best_split = torch.argmax(m, dim=0, keepdim=True)
     argmax = amax.gather(0, best_split).squeeze(0)
+    # The top 2 of all splits' (max, second) pairs; gap in logits (before the temperature).
+    top2 = torch.cat([m, p["m2"]]).topk(2, dim=0).values
+    gap = (top2[0] - top2[1]) * p["temperature"]  # +inf when V == 1
     if p["has_tokens"]:
         tok, s_tok = p["tokens"], p["ts"].sum(dim=0)
     elif p["sample"]:
@@ -256,4 +272,4 @@ def combine(p):
         s_tok = p["gs"].gather(0, g_split).squeeze(0)
     else:
         tok, s_tok = argmax, m_all
-    return tok, s_tok - lse, lse, argmax
+    return tok, s_tok - lse, lse, argmax, gap

@@ -295,11 +295,11 @@ class Engine:
 
     def _latent_round(self, stepping: list[ProblemSeek]) -> None:
         try:
-            tokens = take_latent_steps(self.steps, stepping)
+            stepped = take_latent_steps(self.steps, stepping)
         except StepError as e:
             raise ProblemError(stepping[e.position].index, e.error) from e.__cause__
-        for p, toks in zip(stepping, tokens):
-            job = p.stepped(toks)
+        for p, (toks, gaps) in zip(stepping, stepped):
+            job = p.stepped(toks, gaps)
             if job is not None:
                 self._add(start_row(self.decoder, self.slots[p.index], job), p, "continue")
 

@@ -2,18 +2,22 @@
 
 Each problem's L latents get a handle from ``LatentSteps.open``; ``LatentSteps.step`` takes one
 Adam step on every due problem's latents with gradient ``reward * grad log softmax(W z)[x]`` and
-returns each one's re-decoded tokens ``argmax(W z')``, behind the seek's numeric guard.
+returns each one's re-decoded tokens ``argmax(W z')`` with the top-2 logit gap of each of those
+greedy decisions (soft-capped logits, before the temperature: the near-tie audit's input),
+behind the seek's numeric guard.
 
 - ``reference`` backend: ``ReferenceStepper`` per problem, autograd through the full ``[L, V]``
   logits and ``torch.optim.Adam``, the research code's way (its ``1e-8``/``1e-10`` epsilons
   included). With ``latent_dtype="model"`` the parameter is kept in the model dtype, reproducing
   the research code exactly; otherwise an fp32 master is optimised and cast to the model dtype
-  for the head. It is the oracle, so it loops over problems.
+  for the head. It is the oracle, so it loops over problems. The gaps come from the same full
+  logits the re-decode's argmax reads.
 - ``torch``/``triton``: ``FusedLatents`` per problem (latents, fp32 master when the model dtype
   is not fp32, Adam moments, step count, the pending gradient direction) and ``FusedBatch`` for
   all of them. ``latent_policy_grad`` at the updated latents yields the re-decoded tokens *and*
   the next step's direction in one pass (before the reward is known; the gradient is linear in
-  it), and ``latent_adam_`` forms ``reward * direction`` inside the update.
+  it), and ``latent_adam_`` forms ``reward * direction`` inside the update. The gaps are the
+  op's ``gap``, computed in the same pass as the argmax.
   - Adam: rows are grouped by their Adam step count (bias correction ``1 - beta**step`` is one
     scalar per ``latent_adam_`` call) and each group is ONE call with a per-row reward tensor.
     Problems that started together share a step count, so there is usually one group; exactness
@@ -44,6 +48,7 @@ from ..config import SeekConfig
 from ..decoding.model import lm_head_of, softcap_of
 from ..ops.latent_adam import latent_adam_
 from ..ops.latent_policy_grad import latent_policy_grad
+from ..ops.lpg_reference import top2_gap
 
 
 class StepError(Exception):
@@ -157,7 +162,9 @@ class ReferenceStepper:
             need_grad=False,
         ).tokens
 
-    def step(self, reward: float, need_next: bool = True) -> list[int]:
+    def step(self, reward: float, need_next: bool = True) -> tuple[list[int], list[float]]:
+        """One Adam step; the re-decoded tokens ``argmax(W z')`` and their top-2 logit gaps (of the
+        argmax's logits, soft-capped when the stepper soft-caps; 0 on an exact tie)."""
         with _autograd_on():
             self.optimizer.zero_grad()
             logits = self._logits()
@@ -172,7 +179,12 @@ class ReferenceStepper:
         self.steps += 1
         with torch.no_grad():
             z = self.param if self.exact else self.param.to(self.head.weight.dtype)
-            return torch.argmax(self.head(z), dim=-1).tolist()
+            logits = self.head(z)
+            tokens = torch.argmax(logits, dim=-1).tolist()
+            capped = logits.float()
+            if self.softcap:  # monotone: the same argmax, the gap in the soft-capped logits
+                capped = self.softcap * torch.tanh(capped / self.softcap)
+            return tokens, top2_gap(capped).tolist()
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(latents, last gradient)``, for the seek loop's per-step finiteness check."""
@@ -219,20 +231,21 @@ class FusedBatch:
             need_grad=need_grad,
         )
 
-    def _evaluate(self, states: list[FusedLatents], need_grad: bool) -> list[torch.Tensor]:
-        """Evaluate every state at its current latents; set ``grad`` (when asked); return argmaxes."""
+    def _evaluate(self, states: list[FusedLatents], need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluate every state at its current latents; set ``grad`` (when asked); return the argmaxes
+        and their gaps, all states' rows concatenated."""
         if self.config.mode == "sample" or len(states) == 1:
             outs = [self._lpg(s.latents, s.steps, need_grad) for s in states]
             grads = [o.grad for o in outs]
-            argmaxes = [o.argmax for o in outs]
+            argmax, gap = torch.cat([o.argmax for o in outs]), torch.cat([o.gap for o in outs])
         else:
             out = self._lpg(torch.cat([s.latents for s in states]), states[0].steps, need_grad)
             sizes = [s.rows for s in states]
-            argmaxes = list(out.argmax.split(sizes))
+            argmax, gap = out.argmax, out.gap
             grads = list(out.grad.split(sizes)) if need_grad else [None] * len(states)
         for s, g in zip(states, grads):
             s.grad = g
-        return argmaxes
+        return argmax, gap
 
     def init(self, states: list[FusedLatents]) -> None:
         """The first gradient direction of fresh states (at the original latents)."""
@@ -241,9 +254,10 @@ class FusedBatch:
 
     def step(
         self, states: list[FusedLatents], rewards: list[float], need_next: list[bool]
-    ) -> list[list[int]]:
-        """One Adam step per state with gradient ``reward * direction``, then the re-decoded tokens
-        (argmax at the updated latents) and, where ``need_next``, the next direction."""
+    ) -> list[tuple[list[int], list[float]]]:
+        """One Adam step per state with gradient ``reward * direction``, then per state the
+        re-decoded tokens (argmax at the updated latents) with their top-2 logit gaps and, where
+        ``need_next``, the next direction."""
         groups: dict[object, list[int]] = {}
         for i, s in enumerate(states):
             s.steps += 1
@@ -251,11 +265,11 @@ class FusedBatch:
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             self._adam([states[i] for i in members], [rewards[i] for i in members])
-        argmaxes = self._evaluate(states, need_grad=any(need_next))
-        flat = torch.cat(argmaxes).tolist()
+        argmax, gap = self._evaluate(states, need_grad=any(need_next))
+        flat, gaps = argmax.tolist(), gap.tolist()
         out, o = [], 0
         for s in states:
-            out.append(flat[o : o + s.rows])
+            out.append((flat[o : o + s.rows], gaps[o : o + s.rows]))
             o += s.rows
         return out
 
@@ -328,9 +342,10 @@ class LatentSteps:
         steps: list[int],
         labels: list[str],
         need_next: list[bool],
-    ) -> list[list[int]]:
+    ) -> list[tuple[list[int], list[float]]]:
         """One guarded step of every state (``steps[i]`` steps taken so far, ``labels[i]`` names
-        its problem); returns each one's re-decoded tokens. Raises ``StepError``."""
+        its problem); returns each one's ``(re-decoded tokens, their top-2 logit gaps)``, the gaps
+        aligned with the tokens (0 on an exact tie). Raises ``StepError``."""
         wheres = [step_where(s, label) for s, label in zip(steps, labels)]
         lr = self.config.lr
         for i, (r, where) in enumerate(zip(rewards, wheres)):
@@ -339,10 +354,10 @@ class LatentSteps:
             except ValueError as e:
                 raise StepError(i, e) from None
         if self.fused is None:
-            tokens, flags = [], []
+            out, flags = [], []
             for i, (st, r, nxt) in enumerate(zip(states, rewards, need_next)):
                 try:
-                    tokens.append(st.step(r, need_next=nxt))
+                    out.append(st.step(r, need_next=nxt))
                 except (ValueError, RuntimeError) as exc:  # e.g. the op's checks on inf latents
                     if not _plain(exc):
                         raise
@@ -353,7 +368,7 @@ class LatentSteps:
         else:
             self.fused.init([s for s in states if s.grad is None])
             try:
-                tokens = self.fused.step(states, rewards, need_next)
+                out = self.fused.step(states, rewards, need_next)
             except (ValueError, RuntimeError) as exc:
                 if not _plain(exc):
                     raise
@@ -368,7 +383,7 @@ class LatentSteps:
             except RuntimeError as e:
                 raise StepError(i, e) from None
             o += len(f)
-        return tokens
+        return out
 
     def _blame(self, states: list, wheres: list[str], rewards: list[float], exc: BaseException) -> None:
         """A batched step raised: name the problem whose latents are no longer finite (its update

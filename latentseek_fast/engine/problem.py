@@ -85,15 +85,16 @@ def start_row(decoder, slot: int, job: DecodeJob) -> Row:
     )
 
 
-def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[list[int]]:
+def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[tuple[list[int], list[float]]]:
     """The due latent step of every one of ``problems`` in one ``latent.LatentSteps.step`` call
     (each problem's latent state opened on first use); the time is shared by their latent rows.
-    Returns each problem's re-decoded tokens; a failing step raises ``latent.StepError``."""
+    Returns each problem's ``(re-decoded tokens, their top-2 logit gaps)``; a failing step raises
+    ``latent.StepError``."""
     t0 = time.perf_counter()
     for p in problems:
         if p.latent is None:
             p.latent = steps.open(p.latent_rows)
-    tokens = steps.step(
+    stepped = steps.step(
         [p.latent for p in problems],
         [p.history[-1] for p in problems],
         [p.steps for p in problems],
@@ -101,7 +102,7 @@ def take_latent_steps(steps, problems: list[ProblemSeek]) -> list[list[int]]:
         [p.need_next for p in problems],
     )
     PhaseClock.share([(p.clock, "latent", p.L) for p in problems], time.perf_counter() - t0)
-    return tokens
+    return stepped
 
 
 class ProblemSeek:

@@ -72,10 +72,10 @@ def run_problem(p: ProblemSeek, model, steps: LatentSteps, decoder: Decoder | No
             p.score_with()
         elif p.step_due():
             try:
-                (tokens,) = take_latent_steps(steps, [p])
+                ((tokens, gaps),) = take_latent_steps(steps, [p])
             except StepError as e:
                 raise e.error from e.__cause__
-            job = p.stepped(tokens)
+            job = p.stepped(tokens, gaps)
             if job is not None:
                 row = start_row(decoder, slot, job)
                 decode_rows.run(decoder, head, [row], **opts)

@@ -8,7 +8,8 @@ Per row ``h`` (``docs/algorithm.md``, the gradient step of the seek loop):
 
 The gradient is linear in ``r``: the seek loop asks for the direction with ``reward=1.0``
 before the reward is known and scales it later. ``argmax`` is returned in every mode because
-the seek loop re-decodes with it.
+the seek loop re-decodes with it, and with it ``gap``, the top-2 gap of the logits (soft-capped,
+before the temperature) at that decision: the near-tie audit's input.
 """
 
 from __future__ import annotations
@@ -201,7 +202,11 @@ def latent_policy_grad(
       [0, V)) scores the given tokens instead and then ``mode``/``seed`` are unused.
     - ``backend``: ``"reference"`` (autograd over full fp32 logits), ``"torch"`` (chunked analytic),
       ``"triton"`` (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or ``"auto"``.
-    - ``need_grad=False`` skips the gradient (``grad`` is None): tokens, log-probs and argmax only.
+    - ``need_grad=False`` skips the gradient (``grad`` is None): tokens, log-probs, argmax and gap only.
+
+    ``gap`` [N] fp32, in every mode: the largest minus the second largest logit (bias added,
+    soft-capped, before the temperature), 0 on an exact tie and +inf when V == 1. Every backend
+    computes it in the same pass as the argmax, without an [N, V] tensor outside ``reference``.
 
     Inputs are never modified. Every check runs before any compute and raises ``ValueError``.
 
@@ -221,7 +226,7 @@ def latent_policy_grad(
         empty_i = torch.empty(0, dtype=torch.int64, device=dev)
         empty_f = torch.empty(0, dtype=torch.float32, device=dev)
         grad = torch.zeros(0, d, dtype=torch.float32, device=dev) if need_grad else None
-        return LatentGrad(empty_i, empty_f, empty_f.clone(), grad, empty_i.clone())
+        return LatentGrad(empty_i, empty_f, empty_f.clone(), grad, empty_i.clone(), empty_f.clone())
     inputs = LatentGradInputs(
         hidden=hidden.detach(),
         weight=weight.detach(),

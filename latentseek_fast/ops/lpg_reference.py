@@ -47,4 +47,12 @@ def lpg_reference(x: LatentGradInputs) -> LatentGrad:
             loss = -(x.reward.to(torch.float32).clone() * lp).sum()
             (grad,) = torch.autograd.grad(loss, h)
     lse = torch.logsumexp(s.detach(), dim=-1)
-    return LatentGrad(tok, lp.detach(), lse, grad, argmax)
+    return LatentGrad(tok, lp.detach(), lse, grad, argmax, top2_gap(logits.detach()))
+
+
+def top2_gap(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits`` [N, V]: largest minus second largest (0 on a tie, +inf when V == 1)."""
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:-1], float("inf"), dtype=logits.dtype, device=logits.device)
+    top = logits.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]

@@ -11,7 +11,9 @@ running sum S = sum_v exp(s_v - m) and running accumulator A = sum_v exp(s_v - m
 so at the end ``A / S = E_pi[dl/dh]`` and ``lse = m + log S``. The chosen token's row W[tok]
 is gathered separately ([N, d]), giving
 ``grad = (r / T) * (A / S - dl_tok * W[tok])``. Argmax and Gumbel-max are tracked per chunk
-with strict ``>`` so the lowest index wins ties. Peak extra memory: O(N * chunk + chunk * d + N * d).
+with strict ``>`` so the lowest index wins ties; next to the running max m2 keeps the running
+second largest s, ``m2' = max(min(m, max_c s), max(m2, second_c s))`` (a tie across chunks makes
+it equal to the max), for the top-2 gap ``T * (m - m2)``. Peak extra memory: O(N * chunk + chunk * d + N * d).
 Inputs are validated by ``latent_policy_grad``; this function trusts them.
 """
 
@@ -70,6 +72,7 @@ def lpg_torch(x: LatentGradInputs, chunk: int | None = None) -> LatentGrad:
     ssum = torch.zeros(n, dtype=cdt, device=dev)
     acc = torch.zeros(n, d, dtype=cdt, device=dev) if need_grad else None
     best_val, best_idx = neg_inf.clone(), torch.zeros(n, dtype=torch.int64, device=dev)
+    second = neg_inf.clone()  # second largest s so far (equal to best_val on a tie)
     sampling = tokens is None and x.mode == "sample"
     if sampling:
         smp_val, smp_idx = neg_inf.clone(), torch.zeros(n, dtype=torch.int64, device=dev)
@@ -80,6 +83,9 @@ def lpg_torch(x: LatentGradInputs, chunk: int | None = None) -> LatentGrad:
         b_c = None if bias is None else bias[start:stop].to(cdt)
         s, dl = _logits(h32, w_c, b_c, softcap, temperature)
         c_val, c_idx = s.max(dim=1)  # first maximal index within the chunk
+        if stop - start > 1:  # the chunk's second largest (= c_val when the max is repeated)
+            second = torch.maximum(second, s.topk(2, dim=1).values[:, 1])
+        second = torch.maximum(second, torch.minimum(best_val, c_val))
         better = c_val > best_val
         best_val = torch.where(better, c_val, best_val)
         best_idx = torch.where(better, c_idx + start, best_idx)
@@ -120,4 +126,5 @@ def lpg_torch(x: LatentGradInputs, chunk: int | None = None) -> LatentGrad:
     if need_grad:
         d_tok = w_tok if dl_tok is None else w_tok * dl_tok.unsqueeze(1)
         grad = (x.reward / temperature).unsqueeze(1) * (acc / ssum.unsqueeze(1) - d_tok)
-    return LatentGrad(tok, logprob, lse, grad, best_idx)
+    gap = (best_val - second) * temperature  # +inf when V == 1 (second stays -inf)
+    return LatentGrad(tok, logprob, lse, grad, best_idx, gap)

@@ -11,11 +11,11 @@ from latentseek_fast.ops.lpg_types import LatentGrad, LatentGradInputs
 
 
 def lpg_triton(x: LatentGradInputs) -> LatentGrad:
-    """Tokens, log-probs, logsumexp and argmax in one fused pass over W, the gradient in a second."""
+    """Tokens, log-probs, logsumexp, argmax and its gap in one fused pass over W, the gradient in a second."""
     from latentseek_fast.kernels.lpg_forward import lpg_forward  # lazy: imports triton
     from latentseek_fast.kernels.lpg_grad import lpg_grad
 
-    tok, logprob, lse, argmax = lpg_forward(
+    tok, logprob, lse, argmax, gap = lpg_forward(
         x.hidden, x.weight, x.bias, x.tokens, x.softcap, x.temperature, x.mode, seed_key(x.seed)
     )
     grad = None
@@ -23,4 +23,4 @@ def lpg_triton(x: LatentGradInputs) -> LatentGrad:
         grad = lpg_grad(
             x.hidden, x.weight, x.bias, tok, lse, x.reward / x.temperature, x.softcap, x.temperature
         )
-    return LatentGrad(tok, logprob, lse, grad, argmax)
+    return LatentGrad(tok, logprob, lse, grad, argmax, gap)

@@ -9,13 +9,21 @@ from torch import Tensor
 
 @dataclass
 class LatentGrad:
-    """Result of :func:`latent_policy_grad` (all tensors on the input's device)."""
+    """Result of :func:`latent_policy_grad` (all tensors on the input's device).
+
+    ``gap`` is the near-tie audit of the greedy decision ``argmax``: a gap within rounding noise
+    means another machine, thread count or blocking may pick another token.
+    """
 
     tokens: Tensor  # [N] int64: chosen token per row (argmax, Gumbel-max, or the given tokens)
     logprob: Tensor  # [N] fp32: log pi[token]
     lse: Tensor  # [N] fp32: logsumexp(s)
     grad: Tensor | None  # [N, d] fp32: d/dh of -sum_t r_t log pi_t[token_t]; None when need_grad=False
     argmax: Tensor  # [N] int64: argmax of s (lowest index on ties) in every mode
+    # [N] fp32, every mode: the top-2 logit gap at ``argmax``, l[argmax] - (second largest l), with l
+    # the logits the argmax is taken over (bias added, soft-capped, before the temperature:
+    # T * (s[argmax] - second largest s)). 0 on an exact tie; +inf when V == 1 (no second logit).
+    gap: Tensor
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,78 @@ def test_fused_backends_match_reference_on_tiny_model(tiny, backend):
     assert fast.answer_ids == ref.answer_ids and fast.backend == backend
 
 
+def _f64(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _capped_gaps(model, latents, softcap):
+    """The top-2 gaps of ``lm_head(latents)`` in fp64, soft-capped when ``softcap`` is set."""
+    w = model.lm_head.weight.detach().double()
+    logits = latents.detach().double() @ w.T
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    top = logits.topk(2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).tolist()
+
+
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_latent_step_gaps_reference_and_fused_torch_agree(tiny, monkeypatch, softcap):
+    """``LatentSteps.step`` returns each problem's re-decoded tokens with the top-2 logit gap of each
+    (soft-capped logits): the reference stepper's from its full logits, the fused step's from
+    ``latent_policy_grad``'s gap. Over three steps of two problems they agree to fp32 rounding and
+    match an fp64 recomputation at the stepped latents (the soft-cap shrinks these gaps 3-5x)."""
+    from latentseek_fast.engine import latent
+
+    model = tiny[0]
+    monkeypatch.setattr(latent, "softcap_of", lambda m: softcap)  # as if the model soft-capped
+    g = torch.Generator().manual_seed(0)
+    problems = [torch.randn(n, 64, generator=g) for n in (3, 5)]
+    runs = {}
+    with AdamGradients() as grads:
+        for backend in ("reference", "torch"):
+            steps = latent.LatentSteps(model, SeekConfig(lr=0.05), backend)
+            states = [steps.open(x) for x in problems]
+            runs[backend] = []
+            for k in range(3):
+                out = steps.step(states, [-1.0, 0.5], [k, k], ["a", "b"], [True, True])
+                runs[backend].append((out, [steps.latents_of(st).clone() for st in states]))
+    grads.assert_clear()  # the backends' latents stay within rounding of each other
+    for (ref, _), (fused, latents) in zip(runs["reference"], runs["torch"]):
+        for (r_tok, r_gap), (f_tok, f_gap), z in zip(ref, fused, latents):
+            assert len(r_gap) == len(r_tok) == len(f_gap) == len(f_tok) == z.shape[0]
+            want = _capped_gaps(model, z, softcap)
+            assert min(want) > 1e-4  # no near-tie: the tokens must agree too
+            assert r_tok == f_tok
+            torch.testing.assert_close(_f64(r_gap), _f64(f_gap), rtol=0, atol=1e-5)
+            torch.testing.assert_close(_f64(f_gap), _f64(want), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("driver", ["seek", "seek_many"])
+def test_drivers_hand_the_redecoded_gaps_to_the_problem(tiny, monkeypatch, driver):
+    """Both drivers pass each step's gaps to ``ProblemSeek.stepped``, which keeps them aligned with
+    the re-decoded tokens (``new_gaps``)."""
+    from latentseek_fast.engine.problem import ProblemSeek
+
+    seen = []
+    real = ProblemSeek.stepped
+
+    def spy(p, tokens, gaps=None):
+        job = real(p, tokens, gaps)
+        seen.append((list(p.new_tokens), list(p.new_gaps), _capped_gaps(tiny[0], p.latent.latents, None)))
+        return job
+
+    monkeypatch.setattr(ProblemSeek, "stepped", spy)
+    kw = {"max_new_tokens": 12, "rho": 0.5, "lr": 0.5, "backend": "torch", "max_steps": 2}
+    if driver == "seek":
+        _run(tiny, Scripted(-1.0), **kw)
+    else:
+        seek_many(tiny[0], tiny[1], [Q, Q], Scripted(-1.0), prompts=[PROMPT, PROMPT], **kw)
+    assert len(seen) == (2 if driver == "seek" else 4)
+    for tokens, gaps, want in seen:
+        assert len(gaps) == len(tokens) == 6
+        torch.testing.assert_close(_f64(gaps), _f64(want), rtol=0, atol=1e-5)
+
+
 class HeadInputs:
     """Records the inputs of ``model.lm_head`` of more than one row: the latents the reference
     stepper scores (a plain decode step of one row scores one latent, ``[1, d]``, so it is not
@@ -374,10 +446,10 @@ def test_fused_backend_runs_a_bf16_model(tokenizer, monkeypatch):
     real = LatentSteps.step
 
     def spy(steps, states, *args, **kwargs):
-        tokens = real(steps, states, *args, **kwargs)
+        out = real(steps, states, *args, **kwargs)
         (st,) = states
-        seen.append((st.latents.clone(), None if st.master is None else st.master.clone(), tokens[0]))
-        return tokens
+        seen.append((st.latents.clone(), None if st.master is None else st.master.clone(), out[0][0]))
+        return out
 
     monkeypatch.setattr(LatentSteps, "step", spy)
     res = _seek_bf16(model, tokenizer, backend="torch")

@@ -78,7 +78,7 @@ class _Recorder:
 
         def recording(steps, *args, **kwargs):
             out = real(steps, *args, **kwargs)
-            self.tokens.extend(tuple(t) for t in out)
+            self.tokens.extend(tuple(t) for t, _ in out)
             return out
 
         monkeypatch.setattr(LatentSteps, "step", recording)

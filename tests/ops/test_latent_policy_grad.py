@@ -56,7 +56,8 @@ BACKENDS = [
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Extra absolute slack over torch's own low-precision error, per dtype. Every backend computes in
 # fp32 from the (exactly representable) low-precision inputs, so the slack is fp32-sized; the
-# low-precision term carries the dtype. ``gap``: top-2 logit gap below which argmax may differ.
+# low-precision term carries the dtype. ``gap``: top-2 logit gap below which argmax may differ,
+# and so also the largest error allowed in the op's reported gap.
 TOL = {
     torch.float32: dict(lse=2e-5, logprob=2e-5, grad=2e-5, gap=1e-4),
     torch.float16: dict(lse=1e-4, logprob=1e-4, grad=1e-4, gap=1e-3),
@@ -139,10 +140,22 @@ def make(n, v, d, dtype=torch.float32, seed=0, scale=0.5):
     return h.to(dtype), w.to(dtype), torch.randn(v, generator=g)
 
 
+def check_gap(out: LatentGrad, s, temperature, dtype):
+    """``out.gap`` (argmax's top-2 logit gap, before the temperature, whatever the mode) ~ the fp64
+    ``s``'s within the dtype's gap tolerance; +inf exactly where V == 1."""
+    want = top2_gap(s) * temperature
+    assert out.gap.dtype == torch.float32 and out.gap.shape == want.shape
+    inf = torch.isinf(want)
+    assert torch.equal(torch.isinf(out.gap), inf) and bool((out.gap[inf] > 0).all())
+    err = (out.gap[~inf].double() - want[~inf]).abs()
+    assert bool((err <= TOL[dtype]["gap"]).all()), f"gap: max error {err.max().item():.3g}"
+
+
 def check_against_gt(out: LatentGrad, h, w, kw, dtype, tokens=None):
     """Assert out ~ fp64 ground truth within torch-low-precision error + the dtype's atol."""
     tol = TOL[dtype]
     s, lse, argmax, _, _ = ground_truth(h, w, **kw)
+    check_gap(out, s, kw.get("temperature", 1.0), dtype)
     ok = top2_gap(s) >= tol["gap"]
     assert torch.equal(out.argmax[ok], argmax[ok])
     if tokens is not None:
@@ -240,9 +253,9 @@ def test_property_random_shapes(n, v, d, softcap, temperature, use_bias, backend
 # partial sum of every dot product is exact in fp32 (and in fp16/bf16): the tied logits are equal
 # in ANY summation order, blocking or CPU. Row i's tie set gets 4 at marker column i (h[i, i] = 16,
 # logit 64); the other W rows have 0 in all marker columns, so their logits are at most
-# d - N = 27. Tie rows differ from each other in the columns where h[i] is 0, so the ties do not
+# d - N = 26. Tie rows differ from each other in the columns where h[i] is 0, so the ties do not
 # come from identical rows. V = 2100 spans 17 triton tiles of 128, several V splits and three
-# torch chunks of 1024.
+# torch chunks of 1024. Every row's top-2 gap is exactly 0.
 TIE_V, TIE_D = 2100, 32
 TIE_SETS = [
     [5, 6, 700, 2050],  # same tile; another tile and split; another torch chunk
@@ -250,6 +263,7 @@ TIE_SETS = [
     [127, 128],  # the triton tile boundary
     [1023, 1024],  # the torch chunk boundary
     [0, TIE_V - 1],  # first and last id
+    [40, 41],  # only inside one tile and one chunk: the second max of a tile keeps a repeated max
 ]
 TIE_WINNERS = [ids[0] for ids in TIE_SETS]
 
@@ -269,10 +283,10 @@ def exact_ties(dtype=torch.float32):
         w[ids, i] = 4.0
     bias = torch.randint(-2, 3, (v,), generator=g).float()
     for ids in TIE_SETS:
-        bias[ids] = 1.0  # tied ids share their bias, so they stay tied (65 vs at most 29)
+        bias[ids] = 1.0  # tied ids share their bias, so they stay tied (65 vs at most 28)
     s = h.double() @ w.double().T
     for i, ids in enumerate(TIE_SETS):  # the construction's claim, checked in fp64
-        assert (s[i, ids] == 64).all() and (s[i].topk(len(ids) + 1).values[-1] <= 27)
+        assert (s[i, ids] == 64).all() and (s[i].topk(len(ids) + 1).values[-1] <= 26)
     return h.to(dtype), w.to(dtype), bias
 
 
@@ -286,6 +300,7 @@ def test_ties_pick_lowest_index_across_tiles_and_splits(backend, dtype, kw):
     kw = {**kw, "bias": b} if kw.get("bias") == "b" else kw
     out = lpg(h, w, backend=backend, **kw)
     assert out.argmax.tolist() == TIE_WINNERS and out.tokens.tolist() == TIE_WINNERS
+    assert out.gap.tolist() == [0.0] * len(TIE_SETS)
 
 
 @pytest.mark.parametrize("chunk", [7, 128, 1024])
@@ -294,6 +309,36 @@ def test_ties_torch_twin_any_chunk(chunk):
     r = torch.ones(len(TIE_SETS))
     out = lpg_torch(LatentGradInputs(h, w, r, b, None, 1.0, "greedy", 0, None, False), chunk=chunk)
     assert out.argmax.tolist() == TIE_WINNERS and out.tokens.tolist() == TIE_WINNERS
+    assert out.gap.tolist() == [0.0] * len(TIE_SETS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["greedy", "sample", "tokens"])
+def test_gap_exact_integers_in_every_mode(backend, mode):
+    """Without its other tied ids each row's gap is an exact integer (65 - the runner-up, bias and
+    all), in every mode (sampling and teacher forcing still report argmax's gap) and after a soft-cap
+    (c tanh(l / c) of both logits, computed here in fp64)."""
+    h, w, b = exact_ties()
+    for ids in TIE_SETS:
+        w[ids[1:]] = 0.0  # logit = bias = 1: far below the runner-up
+    s = h.double() @ w.double().T + b.double()
+    top = s.topk(2, dim=1).values
+    assert (top[:, 0] == 65).all()
+    tokens = torch.arange(len(TIE_SETS)) if mode == "tokens" else None
+    kw = dict(bias=b, mode="greedy" if mode == "tokens" else mode, tokens=tokens, need_grad=False)
+    out = lpg(h, w, backend=backend, **kw)
+    assert out.argmax.tolist() == TIE_WINNERS
+    assert out.gap.tolist() == (top[:, 0] - top[:, 1]).tolist()
+    capped = lpg(h, w, backend=backend, softcap=50.0, temperature=0.5, **kw)
+    want = 50.0 * torch.tanh(top / 50.0)
+    torch.testing.assert_close(capped.gap.double(), want[:, 0] - want[:, 1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gap_is_infinite_with_one_token(backend):
+    h, w, b = make(3, 1, 8)
+    out = lpg(h, w, bias=b, softcap=2.0, backend=backend)
+    assert out.argmax.tolist() == [0, 0, 0] and out.gap.tolist() == [float("inf")] * 3
 
 
 @pytest.mark.skipif(not _has_triton(), reason="no triton")
@@ -304,8 +349,11 @@ def test_ties_triton_any_split_count(num_splits):
     h, w, b = exact_ties()
     if torch.cuda.is_available():
         h, w, b = h.cuda(), w.cuda(), b.cuda()
-    tok, _, _, argmax = lpg_forward(h, w, b, None, None, 1.0, "greedy", seed_key(0), num_splits=num_splits)
+    tok, _, _, argmax, gap = lpg_forward(
+        h, w, b, None, None, 1.0, "greedy", seed_key(0), num_splits=num_splits
+    )
     assert argmax.tolist() == TIE_WINNERS and tok.tolist() == TIE_WINNERS
+    assert gap.tolist() == [0.0] * len(TIE_SETS)
 
 
 @pytest.mark.skipif(not _has_triton(), reason="no triton")
@@ -316,10 +364,11 @@ def test_triton_split_count_does_not_change_result(num_splits):
     h, w, b = make(9, 1009, 40)
     ok = clear_rows(ground_truth(h, w, bias=b, softcap=2.0)[0])
     ref = lpg(h, w, bias=b, softcap=2.0, backend="torch", need_grad=False)
-    tok, logprob, lse, argmax = lpg_forward(
+    tok, logprob, lse, argmax, gap = lpg_forward(
         h, w, b, None, 2.0, 1.0, "greedy", seed_key(0), num_splits=num_splits
     )
     assert torch.equal(argmax[ok], ref.argmax[ok]) and torch.equal(tok[ok], ref.tokens[ok])
+    torch.testing.assert_close(gap.cpu(), ref.gap, rtol=0, atol=1e-5)
     torch.testing.assert_close(lse, ref.lse, rtol=0, atol=1e-5)
     torch.testing.assert_close(logprob[ok], ref.logprob[ok], rtol=0, atol=1e-5)
 
@@ -368,6 +417,7 @@ def test_empty_rows(backend):
     out = lpg(torch.zeros(0, 8), torch.randn(50, 8), backend=backend)
     assert out.tokens.shape == (0,) and out.tokens.dtype == torch.int64
     assert out.logprob.shape == (0,) and out.lse.shape == (0,) and out.argmax.shape == (0,)
+    assert out.gap.shape == (0,) and out.gap.dtype == torch.float32
     assert out.grad.shape == (0, 8) and out.grad.dtype == torch.float32
 
 
@@ -451,6 +501,7 @@ def test_sample_same_seed_same_tokens_across_backends():
         assert torch.equal(o.tokens, base.tokens)
         torch.testing.assert_close(o.grad, base.grad, rtol=1e-4, atol=1e-5)
         assert torch.equal(o.argmax, base.argmax)
+        check_gap(o, s, 1.5, torch.float32)  # argmax's gap, not the sampled token's
     assert not torch.equal(base.tokens, base.argmax)  # sampling actually left the argmax
     other = lpg(h, w, seed=12, backend="torch", **kw)
     assert not torch.equal(other.tokens, base.tokens)
