@@ -101,7 +101,7 @@ def test_every_scored_answer_is_audited_and_both_drivers_agree():
     for a, b in zip(alone, many):
         if a.texts == b.texts:
             for x, y in zip(a.audit, b.audit):
-                assert x.decisions == y.decisions and x.min_at == y.min_at
+                assert x.decisions == y.decisions and x.below == y.below and x.below_chars == y.below_chars
                 assert x.min_gap == pytest.approx(y.min_gap, rel=1e-3, abs=1e-6)
 
 
