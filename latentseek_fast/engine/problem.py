@@ -5,9 +5,11 @@
 
 - ``generate``: the original answer is decoding (``original_job``; the driver reports the row
   with ``original_done``). Compat starts past it, from a given answer (``from_answer``).
-- ``score``: ``text_to_score`` awaits its reward; the driver calls the reward and reports it
-  with ``scored``, or, for a ``ReplyReward`` whose replies it decodes itself, asks for
-  ``reply_prompts`` (state ``verify``) and reports each reply with ``replied``.
+- ``score``: ``text_to_score`` awaits its reward; the driver calls ``score_with`` (the reward,
+  or for a ``ReplyReward`` its ``generate_replies``, whose progress becomes ``VerifyProgress``
+  events), or, for a ``ReplyReward`` whose replies it decodes itself, asks for
+  ``reply_prompts`` (state ``verify``), reports their progress with ``verify_progress`` and
+  each reply with ``replied``.
 - ``step``: ``step_due`` applies the stop rules (``max_steps``, then the reward threshold) and
   finishes the problem, or says a latent step is due; the driver takes it (``latent.LatentSteps``)
   on ``latent_rows`` and reports the re-decoded tokens with ``stepped``. Re-decoded tokens seen
@@ -33,8 +35,9 @@ from ..config import SeekConfig
 from ..decoding.drafts import DraftPool, DraftRow
 from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
+from ..rewards.reply import ReplyReward
 from .context import continuation_cap
-from .events import IterationDone, OriginalDone, OriginalToken, rate
+from .events import VERIFY_PROGRESS_SECONDS, IterationDone, OriginalDone, OriginalToken, VerifyProgress, rate
 from .result import PhaseClock, SeekResult
 
 
@@ -116,6 +119,8 @@ class ProblemSeek:
     ``emit``: called with the progress events of ``events.py``, or None.
     """
 
+    progress_every = VERIFY_PROGRESS_SECONDS  # the most often VerifyProgress comes between replies
+
     def __init__(
         self,
         index: int,
@@ -168,6 +173,7 @@ class ProblemSeek:
         self.decode_tokens = 0
         self.replies: dict[str, str] = {}
         self.prompts: dict[str, str] = {}
+        self.progress_sent = (-1, 0.0)  # (replies done, perf_counter) of the last VerifyProgress
         self.result: SeekResult | None = None
 
     # -- the original answer -----------------------------------------------------------------
@@ -247,20 +253,52 @@ class ProblemSeek:
         self.state = "step"
 
     def score_with(self, reward_fn=None) -> float:
-        """Call the reward on ``text_to_score`` (validated), charge the time and record it."""
+        """Call the reward on ``text_to_score`` (validated), charge the time and record it.
+
+        A ``ReplyReward`` is scored as its ``compute`` would (``rewards.reply``), its replies
+        decoded by its ``generate_replies`` with their progress sent as ``VerifyProgress``."""
         t0 = time.perf_counter()
-        r = (reward_fn or self.reward)(self.question, self.text_to_score)
+        if reward_fn is None and isinstance(self.reward, ReplyReward):
+            r = self._reward_from_own_replies(t0)
+        else:
+            r = (reward_fn or self.reward)(self.question, self.text_to_score)
         self.clock.charge("reward", time.perf_counter() - t0)
         self.scored(r)
         return r
 
+    def _reward_from_own_replies(self, t0: float) -> float:
+        prompts = self.reply_prompts()
+        progress = None
+        if self.emit is not None:
+            progress = lambda done, tokens: self.verify_progress(done, tokens, time.perf_counter() - t0)  # noqa: E731
+        replies = self.reward.generate_replies(list(prompts.values()), on_progress=progress)
+        if len(replies) != len(prompts):
+            raise RuntimeError(f"expected {len(prompts)} replies, got {len(replies)}")
+        r = self.reward.reward_from_replies(self.question, self.text_to_score, dict(zip(prompts, replies)))
+        return check_reward_value(r, self.reward)
+
     def reply_prompts(self) -> dict[str, str]:
-        """For a ``rewards.ReplyReward`` whose replies the driver decodes: the prompts to reply to
-        (state ``verify``)."""
+        """For a ``rewards.ReplyReward``: the prompts to reply to (state ``verify``); sends the
+        first ``VerifyProgress`` (no reply done yet)."""
         self.prompts = self.reward.reply_prompts(self.question, self.text_to_score)
         self.replies = {}
         self.state = "verify"
+        self.progress_sent = (-1, 0.0)
+        self.verify_progress(0, 0, 0.0)
         return self.prompts
+
+    def verify_progress(self, done: int, tokens: int, seconds: float) -> None:
+        """The replies are decoding: ``done`` of them finished, ``tokens`` produced in ``seconds``.
+        Sends ``VerifyProgress`` when ``done`` changed, or ``progress_every`` seconds after the
+        last one, so that drivers may report after every decode step."""
+        if self.emit is None:
+            return
+        now = time.perf_counter()
+        if done == self.progress_sent[0] and now - self.progress_sent[1] < self.progress_every:
+            return
+        self.progress_sent = (done, now)
+        self.emit(VerifyProgress(self.index, len(self.history), done, len(self.prompts), tokens, seconds,
+                                 rate(tokens, seconds)))  # fmt: skip
 
     def replied(self, name: str, text: str) -> None:
         """One reply is in; with the last one, the reward is read and recorded."""
