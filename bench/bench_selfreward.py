@@ -15,7 +15,8 @@ mean final reward.
 ``--budget SECONDS`` bounds each configuration (default 3600; 0: none): a seek still running
 when it is spent is stopped at its next progress event, the row says ``cut`` and counts the
 problems finished. The cut problem's phases are read from its events (``OriginalDone``,
-``IterationDone``, ``VerifyProgress`` seconds); its remaining wall time counts as ``latent``.
+``IterationDone``, ``VerifyProgress`` seconds); its remaining wall time counts as ``latent``
+(as ``generate`` when the cut came before its original answer was scored).
 
 Run (on a quiet 2-core CPU, 2 threads; the 4096 cap is what the budget is for):
 ``python bench/bench_selfreward.py --threads 2``. Smoke run: ``python bench/bench_selfreward.py
@@ -60,6 +61,9 @@ COLUMNS = [
 ]
 
 
+NO_REPLIES = VerifyProgress(0, 0, 0, 4, 0, 0.0, 0.0)
+
+
 class BudgetCut(Exception):
     """The configuration's time budget is spent (raised from ``on_event`` to stop the seek)."""
 
@@ -72,10 +76,12 @@ class Watch:
         self.deadline = deadline
         self.phases = dict.fromkeys(PHASES, 0.0)
         self.verify: dict[int, VerifyProgress] = {}  # answer -> its last VerifyProgress
+        self.original_done = False
 
     def __call__(self, event) -> None:
         if isinstance(event, OriginalDone):
             self.phases["generate"] += event.seconds
+            self.original_done = True
         elif isinstance(event, IterationDone):
             self.phases["decode"] += event.seconds
         elif isinstance(event, VerifyProgress):
@@ -104,11 +110,15 @@ def run_cap(cap: int, model, tok, problems, config: SeekConfig, budget: float) -
             res = seek(model, tok, problem, reward, config, on_event=watch)
         except BudgetCut:
             spent = time.perf_counter() - p0
-            known = {k: v for k, v in watch.phases.items() if k != "latent"}
-            known["reward"] = sum(e.seconds for e in watch.verify.values())
-            for k, v in known.items():
-                phases[k] += v
-            phases["latent"] += max(0.0, spent - sum(known.values()))
+            if not watch.original_done:  # cut while the original answer decoded or was scored
+                phases["generate"] += spent - watch.verify.get(0, NO_REPLIES).seconds
+                phases["reward"] += watch.verify.get(0, NO_REPLIES).seconds
+            else:
+                known = {k: v for k, v in watch.phases.items() if k != "latent"}
+                known["reward"] = sum(e.seconds for e in watch.verify.values())
+                for k, v in known.items():
+                    phases[k] += v
+                phases["latent"] += max(0.0, spent - sum(known.values()))
             row["cut"] = f"budget {budget:g} s spent in problem {i}"
             row["scored_answers"] += sum(e.replies_done == e.replies_total for e in watch.verify.values())
             row["verifier_tokens"] += watch.verifier_tokens
@@ -144,7 +154,7 @@ def write_readme(path: Path, rows: list[dict], args, env: dict) -> None:
         + markdown_table(rows, COLUMNS)
         + "\n`answers_all_at_cap`: scored answers whose four replies all ran to the cap. A `cut` row's "
         "last problem stopped when the budget was spent; its phases come from its events, the rest "
-        "of its time counted as `latent`.\n"
+        "of its time counted as `latent` (as `generate` before its original answer was scored).\n"
     )
     path.write_text(text)
 
