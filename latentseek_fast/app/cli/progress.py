@@ -48,7 +48,8 @@ class RunProgress:
         elif isinstance(event, OriginalDone):
             self._end_status()
             out.write(
-                f"\n--- original answer: reward {event.reward:+.3f}, {event.length} tokens, "
+                ("\n" if self.streaming else "")  # below the streamed answer (or the status lines)
+                + f"--- original answer: reward {event.reward:+.3f}, {event.length} tokens, "
                 f"{event.tokens_per_s:.1f} tokens/s ---\n"
             )
             self.streaming = False
