@@ -4,7 +4,8 @@
 problems interleave under ``seek_many``; a problem's own events come in order:
 ``OriginalToken``... ``OriginalDone``, ``IterationDone``..., ``ProblemDone``, with
 ``VerifyProgress`` events before the ``OriginalDone`` or ``IterationDone`` of an answer that a
-``ReplyReward`` (self-reward) scores, while its verifier replies decode.
+``ReplyReward`` (self-reward) scores, while its verifier replies decode, and
+``DecodeProgress`` events while a long continuation decodes.
 ``tokens_per_s`` counts the tokens a phase produced over the wall seconds attributed to it
 (under ``seek_many`` a shared forward's time is split over the rows it advanced).
 """
@@ -69,6 +70,19 @@ class VerifyProgress:
     replies_total: int
     tokens: int  # reply tokens decoded so far (all replies of this answer)
     seconds: float  # decoding time of the replies so far
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class DecodeProgress:
+    """The continuation of a latent step is decoding (it can run to ``max_new_tokens``): sent
+    at most every ``VERIFY_PROGRESS_SECONDS`` per problem, before the iteration's
+    ``VerifyProgress``/``IterationDone``."""
+
+    index: int
+    iteration: int  # 1-based, as in IterationDone
+    tokens: int  # tokens decoded so far
+    seconds: float  # wall seconds since the continuation started
     tokens_per_s: float
 
 

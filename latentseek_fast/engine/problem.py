@@ -37,7 +37,15 @@ from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
 from ..rewards.reply import ReplyReward
 from .context import continuation_cap
-from .events import VERIFY_PROGRESS_SECONDS, IterationDone, OriginalDone, OriginalToken, VerifyProgress, rate
+from .events import (
+    VERIFY_PROGRESS_SECONDS,
+    DecodeProgress,
+    IterationDone,
+    OriginalDone,
+    OriginalToken,
+    VerifyProgress,
+    rate,
+)
 from .result import PhaseClock, SeekResult
 
 
@@ -351,7 +359,23 @@ class ProblemSeek:
         if self.pool is not None:
             drafts = self.pool.row(base + self.new_tokens, k=cfg.draft_tokens, policy=cfg.draft_policy)
         self.state = "decode"
-        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, None)
+        on_token = None if self.emit is None else self._decode_progress()
+        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, on_token)
+
+    def _decode_progress(self) -> Callable[[int], None]:
+        """The continuation's ``on_token``: a ``DecodeProgress`` every ``progress_every`` seconds."""
+        t0 = time.perf_counter()
+        state = [0, t0]  # tokens, time of the last event
+
+        def on_token(_):
+            state[0] += 1
+            now = time.perf_counter()
+            if now - state[1] >= self.progress_every:
+                state[1] = now
+                secs = now - t0
+                self.emit(DecodeProgress(self.index, self.steps, state[0], secs, rate(state[0], secs)))
+
+        return on_token
 
     def continued(self, row: Row) -> None:
         """The continuation's row finished (its time is in ``row.secs``)."""

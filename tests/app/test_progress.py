@@ -10,7 +10,7 @@ from conftest import make_tiny_model, write_jsonl
 
 from latentseek_fast.app import cli
 from latentseek_fast.app.cli.progress import LOG_EVERY_SECONDS, EvalProgress, RunProgress
-from latentseek_fast.engine import IterationDone, OriginalDone, OriginalToken, VerifyProgress
+from latentseek_fast.engine import DecodeProgress, IterationDone, OriginalDone, OriginalToken, VerifyProgress
 
 
 class Terminal(io.StringIO):
@@ -61,6 +61,21 @@ def test_run_progress_in_a_log_writes_lines_when_replies_finish():
     shown = [ln for ln in lines if ln.startswith("scoring")]
     assert [ln.split(", ")[1] for ln in shown] == ["0 tokens", "30 tokens", "40 tokens"]
     assert lines[len(shown) + 1] == "--- original answer: reward -0.500, 1 tokens, 10.0 tokens/s ---"
+
+
+def test_run_progress_shows_a_decoding_continuation():
+    out = Terminal()
+    show = RunProgress(out)
+    show(DecodeProgress(0, 2, 300, 10.0, 30.0))
+    show(DecodeProgress(0, 2, 600, 20.0, 30.0))
+    show(verifying(2, 0, 0))
+    show(IterationDone(0, 2, -1.0, 640, 21.0, 30.0, 610))
+    assert out.getvalue() == (
+        "\rdecoding the answer of iteration 2: 300 tokens, 30.0 tokens/s\x1b[K"
+        "\rdecoding the answer of iteration 2: 600 tokens, 30.0 tokens/s\x1b[K"
+        "\rscoring the answer of iteration 2: verifier replies 0/4, 0 tokens, 20.0 tokens/s\x1b[K"
+        "\r\x1b[Kiteration 2: reward -1.000, 640 tokens, 30.0 tokens/s\n"
+    )
 
 
 def test_eval_progress_shows_the_latest_verifier_progress():

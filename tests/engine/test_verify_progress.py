@@ -1,5 +1,6 @@
 """``VerifyProgress``: both drivers report a self-reward's verifier replies as they decode
-(which answer, replies done of 4, tokens, tokens/s), throttled per problem.
+(which answer, replies done of 4, tokens, tokens/s), throttled per problem; ``DecodeProgress``
+the same for continuations.
 
 Tiny random model in fp64 (the replies of a batch equal the replies decoded alone), 5-token
 verifier replies, so the counts can be checked against the replies decoded independently.
@@ -13,7 +14,7 @@ from conftest import make_tiny_model
 
 import latentseek_fast as lsf
 from latentseek_fast.decoding.batch import greedy_generate_batch
-from latentseek_fast.engine import IterationDone, OriginalDone, ProblemDone, VerifyProgress
+from latentseek_fast.engine import DecodeProgress, IterationDone, OriginalDone, ProblemDone, VerifyProgress
 from latentseek_fast.engine.problem import ProblemSeek
 from latentseek_fast.rewards import SelfReward
 
@@ -116,3 +117,34 @@ def test_verifier_progress_default_interval(model, tokenizer):
     lsf.seek(model, tokenizer, QUESTIONS[1], sr, on_event=events.append, **SETTINGS)
     progress = [e for e in events if isinstance(e, VerifyProgress)]
     assert progress and len(progress) <= 5 * len([e for e in progress if e.replies_done == 0])
+
+
+def minus_one(question, answer):
+    return -1.0
+
+
+@pytest.mark.parametrize("driver", ["seek", "seek_many"])
+def test_continuation_progress(driver, model, tokenizer, monkeypatch):
+    """Unthrottled, a ``DecodeProgress`` per continuation token (its iteration, counts up to the
+    tokens the continuation decoded past the re-decoded ones); throttled, none."""
+    settings = {**SETTINGS, "max_steps": 2, "reuse": False}
+    monkeypatch.setattr(ProblemSeek, "progress_every", 0.0)
+    events = []
+    if driver == "seek":
+        results = [lsf.seek(model, tokenizer, QUESTIONS[0], minus_one, on_event=events.append, **settings)]
+    else:
+        results = lsf.seek_many(
+            model, tokenizer, QUESTIONS, minus_one, batch_size=2, on_event=events.append, **settings
+        )
+    for i, res in enumerate(results):
+        mine = [e for e in events if e.index == i and isinstance(e, (DecodeProgress, IterationDone))]
+        assert res.iterations == 2
+        for k in (1, 2):
+            done = next(e for e in mine if isinstance(e, IterationDone) and e.iteration == k)
+            before = mine[: mine.index(done)]
+            progress = [e for e in before if isinstance(e, DecodeProgress) and e.iteration == k]
+            assert [e.tokens for e in progress] == list(range(1, done.tokens - res.update_length + 1))
+    monkeypatch.setattr(ProblemSeek, "progress_every", 1e9)
+    events.clear()
+    lsf.seek(model, tokenizer, QUESTIONS[0], minus_one, on_event=events.append, **settings)
+    assert not [e for e in events if isinstance(e, DecodeProgress)]

@@ -8,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-# Without a terminal, ``run`` writes a verifier progress line when a reply finishes and at most
+# Without a terminal, ``run`` writes a progress line when a verifier reply finishes and at most
 # this often in between (on a terminal one status line is rewritten at every event, ~2 s).
 LOG_EVERY_SECONDS = 10.0
 
@@ -24,7 +24,7 @@ def verify_text(event) -> str:
 
 class RunProgress:
     """``run``'s live output: the original answer as it is decoded, then one line per iteration;
-    while verifiers decode, a status line (rewritten in place on a terminal)."""
+    while verifiers or a continuation decode, a status line (rewritten in place on a terminal)."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
@@ -32,19 +32,25 @@ class RunProgress:
         self.tty = bool(isatty and isatty())
         self.streaming = False  # the original answer's tokens end the current line
         self.status = False  # a status line is on the terminal's current line
-        self.logged = (-1, 0.0)  # (replies done, clock()) of the last status line logged
+        self.logged = (None, 0.0)  # (key, clock()) of the last status line logged
         self.clock = time.perf_counter
 
     def __call__(self, event) -> None:
         # The engine imports torch; by the first event it is loaded (a dict look-up from then on).
-        from ...engine import IterationDone, OriginalDone, OriginalToken, VerifyProgress
+        from ...engine import DecodeProgress, IterationDone, OriginalDone, OriginalToken, VerifyProgress
 
         out = self.stream
         if isinstance(event, OriginalToken):
             out.write(event.text)
             self.streaming = True
         elif isinstance(event, VerifyProgress):
-            self._verifying(event)
+            self._status("scoring " + verify_text(event), (event.answer, event.replies_done))
+        elif isinstance(event, DecodeProgress):
+            self._status(
+                f"decoding the answer of iteration {event.iteration}: {event.tokens} tokens, "
+                f"{event.tokens_per_s:.1f} tokens/s",
+                (event.iteration, "decode"),
+            )
         elif isinstance(event, OriginalDone):
             self._end_status()
             out.write(
@@ -63,27 +69,29 @@ class RunProgress:
             return
         out.flush()
 
-    def _verifying(self, event) -> None:
+    def _status(self, text: str, key) -> None:
+        """Show ``text``: rewrite the terminal's status line, or (no terminal) log a line when
+        ``key`` changed (replies done) or ``LOG_EVERY_SECONDS`` after the last line."""
         out = self.stream
         if self.streaming:  # the streamed answer keeps its line; the status goes below it
             out.write("\n")
             self.streaming = False
         if self.tty:
-            out.write("\rscoring " + verify_text(event) + "\x1b[K")
+            out.write("\r" + text + "\x1b[K")
             self.status = True
             return
         now = self.clock()
-        done, last = self.logged
-        if event.replies_done != done or now - last >= LOG_EVERY_SECONDS:
-            out.write("scoring " + verify_text(event) + "\n")
-            self.logged = (event.replies_done, now)
+        last_key, last = self.logged
+        if key != last_key or now - last >= LOG_EVERY_SECONDS:
+            out.write(text + "\n")
+            self.logged = (key, now)
 
     def _end_status(self) -> None:
         """Clear the terminal's status line (the answer's reward line replaces it)."""
         if self.status:
             self.stream.write("\r\x1b[K")
             self.status = False
-        self.logged = (-1, 0.0)
+        self.logged = (None, 0.0)
 
 
 class EvalProgress:
