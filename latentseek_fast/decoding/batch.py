@@ -13,14 +13,14 @@ tiny model and on the embedded model (where fp32 rounding may flip only near-tie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .._util import check_int, say_once
 from .drafts import DraftRow
 from .greedy import greedy
-from .model import lm_head_of
+from .model import lm_head_of, softcap_of
 from .rows import Row, advance
 from .slots import HFDecoder, slot_support
 from .stops import reply_stop_ids
@@ -74,13 +74,24 @@ def prompt_rows(
 
 @torch.no_grad()
 def greedy_generate_batch(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, *, add_special_tokens: bool = False
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    add_special_tokens: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    gaps: list | None = None,
 ) -> list[list[int]]:
     """Greedily continue every prompt; returns the new token ids of each prompt, in order.
 
     ``prompts`` are complete texts (already chat-templated), so by default no special tokens
     are added when tokenizing them. A row stops after a stop token (``stops.reply_stop_ids``;
     the stop token is included in its output) or after ``max_new_tokens`` new tokens.
+    ``on_progress(done, tokens)``: called after every decode step (every token where the
+    prompts decode one at a time) with the prompts finished and the tokens produced so far.
+    ``gaps``: a list to which each prompt's decisions' top-2 logit gaps are appended, in order
+    (``rows.Row.gaps``; the near-tie audit of verifier replies).
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single str")
@@ -97,13 +108,32 @@ def greedy_generate_batch(
     why = slot_support(model)
     if why is not None:
         say_once(f"batch-one-by-one-{why}", f"latentseek_fast: prompts decoded one at a time: {why}")
+        out: list[list[int]] = []
+        made = 0  # tokens produced by the prompts decoded so far
+
+        def on_token(_):
+            nonlocal made
+            made += 1
+            on_progress(len(out), made)
+
         one = dict(stop=stop, max_tokens=max_new_tokens, keep_latents=False)
-        return [greedy(model, ids, **one).ids for ids in encoded]
+        for ids in encoded:
+            gen = greedy(model, ids, on_token=on_token if on_progress else None, **one)
+            out.append(gen.ids)
+            if gaps is not None:
+                gaps.append(gen.gaps)
+        if on_progress is not None:
+            on_progress(len(out), made)
+        return out
     decoder = HFDecoder(model)
     rows = prompt_rows(decoder, encoded, stop=stop, cap=max_new_tokens, drafts_k=0, policy="full")
     left = len(rows)
     while left:
-        for r in advance(decoder, head, rows):
+        for r in advance(decoder, head, rows, softcap=softcap_of(model)):
             decoder.drop_row(r.slot)
             left -= 1
+        if on_progress is not None:
+            on_progress(len(rows) - left, sum(len(r.ids) for r in rows))
+    if gaps is not None:
+        gaps.extend(r.gaps for r in rows)
     return [r.ids for r in rows]

@@ -8,18 +8,20 @@ latent step, for one problem or many in one call), ``result`` (``SeekResult``, p
 """
 
 from .batched import iter_seek, seek_many
-from .events import IterationDone, OriginalDone, OriginalToken, ProblemDone
+from .events import DecodeProgress, IterationDone, OriginalDone, OriginalToken, ProblemDone, VerifyProgress
 from .problem import ProblemError
 from .result import SeekResult
 from .sequential import seek
 
 __all__ = [
+    "DecodeProgress",
     "IterationDone",
     "OriginalDone",
     "OriginalToken",
     "ProblemDone",
     "ProblemError",
     "SeekResult",
+    "VerifyProgress",
     "iter_seek",
     "seek",
     "seek_many",

@@ -176,6 +176,7 @@ class Engine:
         self.tie_gap = tie_gap_of(self.config, model)
         self.rows: list[Row] = []  # decoding rows, each with ``tag = (problem, kind, name)``
         self.slots: dict[int, int] = {}  # problem index -> its solver row's slot
+        self.replying: dict[int, list[Row]] = {}  # problem index -> its reply rows, while they decode
         self._reply_stop: frozenset[int] | None = None
 
     def _auto_batch_size(self) -> tuple[int, str]:
@@ -291,6 +292,7 @@ class Engine:
         )  # fmt: skip
         for name, row in zip(prompts, rows):
             self._add(row, p, "reply", name)
+        self.replying[p.index] = rows
         p.clock.charge("reward", time.perf_counter() - t0)
 
     def _latent_round(self, stepping: list[ProblemSeek]) -> None:
@@ -306,6 +308,11 @@ class Engine:
     # -- one forward -------------------------------------------------------------------------
     def _decode_step(self) -> None:
         finished = decode_rows.advance(self.decoder, self.head, self.rows, **self.opts)
+        if self.on_event is not None:  # VerifyProgress (the problem throttles it)
+            for rows in self.replying.values():
+                rows[0].tag[0].verify_progress(
+                    sum(r.done for r in rows), sum(len(r.ids) for r in rows), sum(r.secs for r in rows)
+                )
         if not finished:
             return
         done = set(map(id, finished))
@@ -322,6 +329,8 @@ class Engine:
                     t0 = time.perf_counter()
                     self.decoder.drop_row(row.slot)
                     p.replied(name, self.tokenizer.decode(row.ids, skip_special_tokens=True), row.gaps)
+                    if p.state != "verify":
+                        del self.replying[p.index]
                     p.clock.charge("reward", row.secs + time.perf_counter() - t0)
             except Exception as e:
                 raise ProblemError(p.index, e) from e

@@ -5,9 +5,11 @@
 
 - ``generate``: the original answer is decoding (``original_job``; the driver reports the row
   with ``original_done``). Compat starts past it, from a given answer (``from_answer``).
-- ``score``: ``text_to_score`` awaits its reward; the driver calls the reward and reports it
-  with ``scored``, or, for a ``ReplyReward`` whose replies it decodes itself, asks for
-  ``reply_prompts`` (state ``verify``) and reports each reply with ``replied``.
+- ``score``: ``text_to_score`` awaits its reward; the driver calls ``score_with`` (the reward,
+  or for a ``ReplyReward`` its ``generate_replies``, whose progress becomes ``VerifyProgress``
+  events), or, for a ``ReplyReward`` whose replies it decodes itself, asks for
+  ``reply_prompts`` (state ``verify``), reports their progress with ``verify_progress`` and
+  each reply with ``replied``.
 - ``step``: ``step_due`` applies the stop rules (``max_steps``, then the reward threshold) and
   finishes the problem, or says a latent step is due; the driver takes it (``latent.LatentSteps``)
   on ``latent_rows`` and reports the re-decoded tokens with ``stepped``. Re-decoded tokens seen
@@ -34,8 +36,17 @@ from ..config import SeekConfig
 from ..decoding.drafts import DraftPool, DraftRow
 from ..decoding.rows import DecodeStats, Row
 from ..rewards.base import Reward, check_reward_value
+from ..rewards.reply import ReplyReward
 from .context import continuation_cap
-from .events import IterationDone, OriginalDone, OriginalToken, rate
+from .events import (
+    VERIFY_PROGRESS_SECONDS,
+    DecodeProgress,
+    IterationDone,
+    OriginalDone,
+    OriginalToken,
+    VerifyProgress,
+    rate,
+)
 from .result import PhaseClock, SeekResult
 
 
@@ -119,6 +130,8 @@ class ProblemSeek:
     near-tie audit's threshold (``audit.resolve_tie_gap``; default: the config's, else fp32's).
     """
 
+    progress_every = VERIFY_PROGRESS_SECONDS  # the most often VerifyProgress comes between replies
+
     def __init__(
         self,
         index: int,
@@ -181,6 +194,7 @@ class ProblemSeek:
         self.decode_tokens = 0
         self.replies: dict[str, str] = {}
         self.prompts: dict[str, str] = {}
+        self.progress_sent = (-1, 0.0)  # (replies done, perf_counter) of the last VerifyProgress
         self.result: SeekResult | None = None
 
     # -- the original answer -----------------------------------------------------------------
@@ -276,20 +290,55 @@ class ProblemSeek:
         self.state = "step"
 
     def score_with(self, reward_fn=None) -> float:
-        """Call the reward on ``text_to_score`` (validated), charge the time and record it."""
+        """Call the reward on ``text_to_score`` (validated), charge the time and record it.
+
+        A ``ReplyReward`` is scored as its ``compute`` would (``rewards.reply``), its replies
+        decoded by its ``generate_replies`` with their progress sent as ``VerifyProgress``."""
         t0 = time.perf_counter()
-        r = (reward_fn or self.reward)(self.question, self.text_to_score)
+        if reward_fn is None and isinstance(self.reward, ReplyReward):
+            r = self._reward_from_own_replies(t0)
+        else:
+            r = (reward_fn or self.reward)(self.question, self.text_to_score)
         self.clock.charge("reward", time.perf_counter() - t0)
         self.scored(r)
         return r
 
+    def _reward_from_own_replies(self, t0: float) -> float:
+        prompts = self.reply_prompts()
+        progress = None
+        if self.emit is not None:
+            progress = lambda done, tokens: self.verify_progress(done, tokens, time.perf_counter() - t0)  # noqa: E731
+        gaps: list[list[float]] = []
+        replies = self.reward.generate_replies(list(prompts.values()), on_progress=progress, gaps=gaps)
+        if len(replies) != len(prompts):
+            raise RuntimeError(f"expected {len(prompts)} replies, got {len(replies)}")
+        if len(gaps) == len(prompts):  # a subclass's own generate_replies may not record them
+            self.reply_gaps = dict(zip(prompts, gaps))
+        r = self.reward.reward_from_replies(self.question, self.text_to_score, dict(zip(prompts, replies)))
+        return check_reward_value(r, self.reward)
+
     def reply_prompts(self) -> dict[str, str]:
-        """For a ``rewards.ReplyReward`` whose replies the driver decodes: the prompts to reply to
-        (state ``verify``)."""
+        """For a ``rewards.ReplyReward``: the prompts to reply to (state ``verify``); sends the
+        first ``VerifyProgress`` (no reply done yet)."""
         self.prompts = self.reward.reply_prompts(self.question, self.text_to_score)
         self.replies = {}
         self.state = "verify"
+        self.progress_sent = (-1, 0.0)
+        self.verify_progress(0, 0, 0.0)
         return self.prompts
+
+    def verify_progress(self, done: int, tokens: int, seconds: float) -> None:
+        """The replies are decoding: ``done`` of them finished, ``tokens`` produced in ``seconds``.
+        Sends ``VerifyProgress`` when ``done`` changed, or ``progress_every`` seconds after the
+        last one, so that drivers may report after every decode step."""
+        if self.emit is None:
+            return
+        now = time.perf_counter()
+        if done == self.progress_sent[0] and now - self.progress_sent[1] < self.progress_every:
+            return
+        self.progress_sent = (done, now)
+        self.emit(VerifyProgress(self.index, len(self.history), done, len(self.prompts), tokens, seconds,
+                                 rate(tokens, seconds)))  # fmt: skip
 
     def replied(self, name: str, text: str, gaps: list[float] | None = None) -> None:
         """One reply is in (``gaps``: its decisions' top-2 gaps, for the audit); with the last one,
@@ -347,7 +396,23 @@ class ProblemSeek:
         if self.pool is not None:
             drafts = self.pool.row(base + self.new_tokens, k=cfg.draft_tokens, policy=cfg.draft_policy)
         self.state = "decode"
-        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, None)
+        on_token = None if self.emit is None else self._decode_progress()
+        return DecodeJob(base, self.new_tokens, self.cont_stop, self.cont_cap, False, drafts, on_token)
+
+    def _decode_progress(self) -> Callable[[int], None]:
+        """The continuation's ``on_token``: a ``DecodeProgress`` every ``progress_every`` seconds."""
+        t0 = time.perf_counter()
+        state = [0, t0]  # tokens, time of the last event
+
+        def on_token(_):
+            state[0] += 1
+            now = time.perf_counter()
+            if now - state[1] >= self.progress_every:
+                state[1] = now
+                secs = now - t0
+                self.emit(DecodeProgress(self.index, self.steps, state[0], secs, rate(state[0], secs)))
+
+        return on_token
 
     def continued(self, row: Row) -> None:
         """The continuation's row finished (its time is in ``row.secs``)."""

@@ -2,9 +2,11 @@
 
 ``seek()`` runs here. The decoder is ``decoding.CacheDecoder``, one transformers cache, so any
 causal LM that transformers can run works (sliding-window or other attention implementations
-included, which the batched driver's slot store cannot serve). Rewards are called as they are
-(``SelfReward`` decodes its four replies in one batch of its own). ``compat`` runs the same
-driver from a given original answer with the research code's stop rules (``continue_seek``).
+included, which the batched driver's slot store cannot serve). Rewards are called as they are;
+a ``ReplyReward`` such as ``SelfReward`` decodes its four replies in one batch of its own (its
+``generate_replies``, whose progress becomes ``VerifyProgress`` events; ``ProblemSeek.score_with``).
+``compat`` runs the same driver from a given original answer with the research code's stop
+rules (``continue_seek``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ True or False; the reward is ``-(sum of the rejecting verifiers' weights) / 6``,
 
 ``SelfReward`` follows the ``ReplyReward`` protocol (``reply.py``): alone, ``compute`` decodes the
 four replies in one batch (``decoding.batch``; exact, each row decodes as it would alone);
-``seek_many`` decodes them as rows of its own batch and calls ``reward_from_replies``.
+``seek`` does the same through ``generate_replies``, reporting their progress, and ``seek_many``
+decodes them as rows of its own batch; both then call ``reward_from_replies``.
 """
 
 from __future__ import annotations

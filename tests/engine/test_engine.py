@@ -683,12 +683,13 @@ def test_batched_driver_gives_the_research_ways_answers():
 
 class LengthReward(ReplyReward):
     """A user-written reward on the ``ReplyReward`` protocol: one prompt quoting the answer's end,
-    the reward read from the reply's length. ``computed`` counts the calls of ``compute``."""
+    the reward read from the reply's length. ``generated`` counts the calls of
+    ``generate_replies`` (its own batch of replies, as ``compute`` decodes them)."""
 
     deterministic = True
 
     def __init__(self, model, tokenizer):
-        self.model, self.tokenizer, self.max_new_tokens, self.computed = model, tokenizer, 6, 0
+        self.model, self.tokenizer, self.max_new_tokens, self.generated = model, tokenizer, 6, 0
 
     def reply_prompts(self, question, answer):
         return {"echo": f"<|im_start|>user\nRepeat: {answer[-40:]}<|im_end|>\n<|im_start|>assistant\n"}
@@ -696,20 +697,22 @@ class LengthReward(ReplyReward):
     def reward_from_replies(self, question, answer, replies):
         return -min(len(replies["echo"]), 30) / 30
 
-    def compute(self, question, answer):
-        self.computed += 1
-        return super().compute(question, answer)
+    def generate_replies(self, prompts, on_progress=None, gaps=None):
+        self.generated += 1
+        return super().generate_replies(prompts, on_progress, gaps)
 
 
 def test_user_reply_reward_is_batched_as_rows(llama64, tokenizer):
-    """A user's ReplyReward: seek calls its compute (its own batch of replies); seek_many decodes
-    its replies as rows of the shared batch and never calls compute; the rewards and answers agree."""
+    """A user's ReplyReward: seek decodes its replies with its generate_replies (its own batch,
+    as compute does); seek_many decodes them as rows of the shared batch and never calls it;
+    the rewards and answers agree (and agree with compute)."""
     problems = QUESTIONS[:3]
     alone = LengthReward(llama64, tokenizer)
     want = oracle(llama64, tokenizer, problems, alone, backend="reference")
-    assert alone.computed == sum(len(r.rewards) for r in want) - sum(r.reused for r in want)
+    assert alone.generated == sum(len(r.rewards) for r in want) - sum(r.reused for r in want)
+    assert [alone.compute(q, r.answer) for q, r in zip(problems, want)] == [r.final_reward for r in want]
     batched = LengthReward(llama64, tokenizer)
     got = lsf.seek_many(llama64, tokenizer, problems, batched, batch_size=3, backend="reference", **SETTINGS)
-    assert batched.computed == 0
+    assert batched.generated == 0
     assert_same(got, want)
     assert len({r for res in want for r in res.rewards}) > 1  # the replies' lengths differ

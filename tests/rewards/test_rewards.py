@@ -152,7 +152,7 @@ def _scripted(monkeypatch, verdicts: dict[str, bool]):
     replies = [f"checked.\n{VERDICT_MARKER} {verdicts[n]}" for n in NAMES]
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, on_progress=None, gaps=None):
         calls.append((list(prompts), max_new_tokens))
         return [[NAMES.index(next(n for n in NAMES if VERIFIERS[n][1] in p))] for p in prompts]
 
