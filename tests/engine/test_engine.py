@@ -222,6 +222,12 @@ def test_self_reward_verifiers_batched_as_rows(llama64, tokenizer, monkeypatch, 
     )
     assert_same(got, want)
     assert all(r.timings["reward"] > 0 for r in got)
+    # the near-tie audit of the verifier replies: the same in both drivers (fp64)
+    for g, w in zip(got, want):
+        assert len(g.audit) == len(g.rewards) and all(a.reply_min_gap is not None for a in g.audit)
+        assert [a.reply_min_gap for a in g.audit] == pytest.approx(
+            [a.reply_min_gap for a in w.audit], abs=1e-9
+        )
     # 3 of the 4 verifier prompts of each scored answer fork the shared prefix (system,
     # question, solution) from the first
     assert len(forks) == 3 * sum(len(r.rewards) for r in got) and min(forks) >= 16
