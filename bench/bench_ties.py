@@ -123,6 +123,14 @@ class Record:
         return torch.cat([p[key] for p in self.parts])
 
 
+def merged(records: list[Record]) -> Record:
+    """One ``Record`` holding the parts of ``records``, in order."""
+    out = Record()
+    for r in records:
+        out.parts.extend(r.parts)
+    return out
+
+
 def slot_records(model, prompts, answers, *, refs=None, companions=(), cap=0, stop=frozenset(), decoder=None):
     """Decode rows token by token on one decoder (default ``HFDecoder``): measured rows
     ``prompts[i]`` then ``answers[i]`` teacher-forced (None: decoded greedily here, at most ``cap``
@@ -352,12 +360,7 @@ def measure(dtype: str, model, tok, prompts, companions, args, log) -> tuple[lis
     set_threads(2)
     full2 = full_records(model, prompts, answers, refs)
     set_threads(1)
-    f1 = Record()
-    for r in full1:
-        f1.parts.extend(r.parts)
-    f2 = Record()
-    for r in full2:
-        f2.parts.extend(r.parts)
+    f1, f2 = merged(full1), merged(full2)
     rows.append(
         compare(
             dtype,
@@ -383,9 +386,7 @@ def measure(dtype: str, model, tok, prompts, companions, args, log) -> tuple[lis
         eager = full_records(model, prompts, answers, refs)
     finally:
         model.set_attn_implementation("sdpa")
-    e = Record()
-    for r in eager:
-        e.parts.extend(r.parts)
+    e = merged(eager)
     rows.append(
         compare(
             dtype,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import io
 
-import pytest
-from conftest import make_tiny_model, write_jsonl
+from conftest import write_jsonl
 
 from latentseek_fast.app import cli
 from latentseek_fast.app.cli.progress import LOG_EVERY_SECONDS, EvalProgress, RunProgress
@@ -92,14 +91,6 @@ def test_eval_progress_shows_the_latest_verifier_progress():
     bar.close()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_model().save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
-
-
 FAST = [
     "--max-new-tokens",
     "6",
@@ -114,8 +105,8 @@ FAST = [
 ]
 
 
-def test_run_prints_verifier_progress(model_dir, capsys):
-    assert cli.main(["run", "--model", model_dir, "--demo", "0", "--reward", "self", *FAST]) == 0
+def test_run_prints_verifier_progress(tiny_model_dir, capsys):
+    assert cli.main(["run", "--model", tiny_model_dir, "--demo", "0", "--reward", "self", *FAST]) == 0
     out = capsys.readouterr().out
     # a line at the start and as replies finish (replies that end together: one line)
     lines = [ln for ln in out.splitlines() if ln.startswith("scoring the original answer: verifier replies ")]
@@ -124,12 +115,12 @@ def test_run_prints_verifier_progress(model_dir, capsys):
     assert out.index("verifier replies 4/4") < out.index("--- original answer: reward")
 
 
-def test_eval_prints_verifier_progress(model_dir, tmp_path, capsys):
+def test_eval_prints_verifier_progress(tiny_model_dir, tmp_path, capsys):
     data = write_jsonl(
         tmp_path / "d.jsonl", [{"question": f"What is {i} + {i}?", "answer": "#### 0"} for i in range(2)]
     )
     out = tmp_path / "res.jsonl"
-    argv = ["eval", "--model", model_dir, "--data", str(data), "--out", str(out), "--reward", "self"]
+    argv = ["eval", "--model", tiny_model_dir, "--data", str(data), "--out", str(out), "--reward", "self"]
     assert cli.main([*argv, "--batch-size", "2", *FAST]) == 0
     err = capsys.readouterr().err
     assert "verifying=problem 0, the original answer: verifier replies" in err
