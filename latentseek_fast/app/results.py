@@ -470,19 +470,19 @@ def summarize(rows: Iterable[dict], indices: Iterable[int] | None = None) -> dic
     }
     audited = [r for r in rs if isinstance(r.get("fragile"), bool)]
     if audited:
-        out.update(accuracy_interval(rs, "correct", lambda r: r.get("fragile")))
+        out.update(accuracy_interval(rs))
         out["audited"] = len(audited)
     return out
 
 
-def accuracy_interval(rows: list[dict], correct: str, is_fragile) -> dict:
+def accuracy_interval(rows: list[dict]) -> dict:
     """The accuracy with fragile answers counted as unknown: ``fragile`` (how many), and the
     optimised accuracy's interval ``accuracy_low`` (every fragile answer wrong) to
     ``accuracy_high`` (every one right). A row without an audit (written before it existed)
     counts as not fragile."""
     n = len(rows)
-    weak = [bool(is_fragile(r)) for r in rows]
-    sure = sum(1 for r, w in zip(rows, weak) if r[correct] and not w)
+    weak = [r.get("fragile") is True for r in rows]
+    sure = sum(1 for r, w in zip(rows, weak) if r["correct"] and not w)
     return {"fragile": sum(weak), "accuracy_low": sure / n, "accuracy_high": (sure + sum(weak)) / n}
 
 

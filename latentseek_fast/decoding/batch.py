@@ -127,9 +127,9 @@ def greedy_generate_batch(
         return out
     decoder = HFDecoder(model)
     rows = prompt_rows(decoder, encoded, stop=stop, cap=max_new_tokens, drafts_k=0, policy="full")
-    left = len(rows)
+    left, softcap = len(rows), softcap_of(model)
     while left:
-        for r in advance(decoder, head, rows, softcap=softcap_of(model)):
+        for r in advance(decoder, head, rows, softcap=softcap):
             decoder.drop_row(r.slot)
             left -= 1
         if on_progress is not None:

@@ -28,21 +28,9 @@ import torch
 
 from .._util import check_choice, check_int
 from ..config import DRAFT_POLICIES
+from ..ops.lpg_reference import top2_gap
 from .decoder import Decoder
 from .drafts import DraftRow, best_width, forward_positions
-
-
-def top2_gaps(logits: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
-    """``[n]`` top-2 gaps of ``logits [n, V]``: the largest logit minus the second largest (0 on
-    an exact tie, inf when V is 1), in fp32 (fp64 logits stay fp64); with ``softcap`` the gap of
-    the capped logits ``softcap * tanh(s / softcap)`` (a monotone map: the argmax is the same)."""
-    if logits.shape[-1] < 2:
-        return torch.full(logits.shape[:-1], float("inf"), device=logits.device)
-    top = torch.topk(logits, 2, dim=-1).values
-    top = top.to(torch.promote_types(top.dtype, torch.float32))
-    if softcap is not None:
-        top = softcap * torch.tanh(top / softcap)
-    return top[..., 0] - top[..., 1]
 
 
 @dataclass
@@ -89,8 +77,8 @@ class Row:
     - ``feed``: the tokens to feed next: first a prompt or prefix, then ``[last token]`` (plus the
       drafts of the current step while it runs; ``m`` of them);
     - ``ids``: the tokens produced; ``gaps``: the top-2 logit gap of the decision that chose each
-      one (``top2_gaps``); ``latents``: with ``keep_latents``, ``[n, d]`` tensors whose rows are
-      the latent that produced each token (``latent_tensor`` joins them);
+      one (``ops.lpg_reference.top2_gap``); ``latents``: with ``keep_latents``, ``[n, d]``
+      tensors whose rows are the latent that produced each token (``latent_tensor`` joins them);
     - ``stats``: this row's ``DecodeStats``; ``secs``: wall seconds of the steps it took part in,
       split over their rows by tokens fed;
     - ``done``/``stopped_by``: finished, by ``"stop"`` (a stop token, included in ``ids``) or
@@ -212,7 +200,7 @@ def advance(
     block = torch.cat(states) if len(states) > 1 else states[0]
     logits = head(block)
     # argmax keeps the lowest index on ties (topk's order among equals is unspecified).
-    choice = torch.cat([torch.argmax(logits, dim=-1).double(), top2_gaps(logits, softcap).double()])
+    choice = torch.cat([torch.argmax(logits, dim=-1).double(), top2_gap(logits, softcap).double()])
     values = choice.tolist()  # the step's one host sync
     n = logits.shape[0]
     greedy, gaps = [int(v) for v in values[:n]], values[n:]

@@ -181,10 +181,7 @@ class ReferenceStepper:
             z = self.param if self.exact else self.param.to(self.head.weight.dtype)
             logits = self.head(z)
             tokens = torch.argmax(logits, dim=-1).tolist()
-            capped = logits.float()
-            if self.softcap:  # monotone: the same argmax, the gap in the soft-capped logits
-                capped = self.softcap * torch.tanh(capped / self.softcap)
-            return tokens, top2_gap(capped).tolist()
+            return tokens, top2_gap(logits, self.softcap).tolist()
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(latents, last gradient)``, for the seek loop's per-step finiteness check."""

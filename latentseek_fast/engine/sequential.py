@@ -24,9 +24,9 @@ from ..decoding import rows as decode_rows
 from ..decoding.decoder import CacheDecoder, Decoder
 from ..decoding.drafts import forward_positions
 from ..decoding.model import lm_head_of, softcap_of
-from ..decoding.rows import top2_gaps
 from ..decoding.slots import HFDecoder
 from ..decoding.stops import answer_stop_ids
+from ..ops.lpg_reference import top2_gap
 from ..prompts import build_prompt
 from ..rewards import make_reward
 from ..rewards.base import as_reward
@@ -192,6 +192,6 @@ def continue_seek(
     )  # fmt: skip
     head = lm_head_of(model)
     with torch.no_grad():  # the given answer's decisions, rescored from the latents that made them
-        gaps = top2_gaps(head(latents.to(head.weight.dtype)), softcap_of(model)).tolist()
+        gaps = top2_gap(head(latents.to(head.weight.dtype)), softcap_of(model)).tolist()
     p.from_answer(answer_ids, latents, answer_text, r0, gaps)
     return run_problem(p, model, LatentSteps(model, config, backend))

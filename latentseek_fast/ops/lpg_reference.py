@@ -50,9 +50,17 @@ def lpg_reference(x: LatentGradInputs) -> LatentGrad:
     return LatentGrad(tok, lp.detach(), lse, grad, argmax, top2_gap(logits.detach()))
 
 
-def top2_gap(logits: torch.Tensor) -> torch.Tensor:
-    """Per row of ``logits`` [N, V]: largest minus second largest (0 on a tie, +inf when V == 1)."""
+def top2_gap(logits: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
+    """Per row of ``logits`` [N, V]: largest minus second largest (0 on a tie, +inf when V == 1),
+    in at least fp32 (fp64 logits stay fp64). With ``softcap``, the gap of the capped logits
+    ``softcap * tanh(s / softcap)`` (a monotone map: the same two logits are the top two). The
+    one definition of a decision's top-2 gap: the decode step's (``decoding.rows``), the latent
+    step's re-decode and this reference's."""
     if logits.shape[-1] < 2:
-        return torch.full(logits.shape[:-1], float("inf"), dtype=logits.dtype, device=logits.device)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return torch.full(logits.shape[:-1], float("inf"), dtype=dtype, device=logits.device)
     top = logits.topk(2, dim=-1).values
+    top = top.to(torch.promote_types(top.dtype, torch.float32))
+    if softcap is not None:
+        top = softcap * torch.tanh(top / softcap)
     return top[..., 0] - top[..., 1]

@@ -12,8 +12,9 @@ from conftest import make_tiny_model
 from latentseek_fast.decoding.decoder import CacheDecoder
 from latentseek_fast.decoding.drafts import GPU_FORWARD_POSITIONS, DraftPool
 from latentseek_fast.decoding.greedy import greedy
-from latentseek_fast.decoding.rows import DecodeStats, Row, accept, advance, run, top2_gaps
+from latentseek_fast.decoding.rows import DecodeStats, Row, accept, advance, run
 from latentseek_fast.decoding.slots import HFDecoder
+from latentseek_fast.ops.lpg_reference import top2_gap as top2_gaps
 
 V = 64
 

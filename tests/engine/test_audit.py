@@ -177,8 +177,8 @@ def test_a_forged_audit_fails_the_check(monkeypatch):
         W.mul_(1 + 1e-5 * torch.randn(W.shape, generator=torch.Generator().manual_seed(1)))
     base = _runs(model, 1, 4, tie_gap=1e-3)
     assert check_flagged(base, _runs(other, 1, 4, tie_gap=1e-3)) > 0
-    real = decode_rows.top2_gaps
-    monkeypatch.setattr(decode_rows, "top2_gaps", lambda logits, softcap=None: real(logits, softcap) + 1.0)
+    real = decode_rows.top2_gap
+    monkeypatch.setattr(decode_rows, "top2_gap", lambda logits, softcap=None: real(logits, softcap) + 1.0)
     stepped = ProblemSeek.stepped
     monkeypatch.setattr(
         ProblemSeek, "stepped", lambda self, t, gaps=None: stepped(self, t, [g + 1.0 for g in gaps])
