@@ -14,7 +14,8 @@ A decoder holds rows (token streams), each with its own cached positions, and fe
 - ``fork(row, source, length)``: make ``row``'s cache the first ``length`` positions of
   ``source``'s (prompts that share a prefix, like the four verifier prompts of one answer, pay
   for it once);
-- ``step_rows(fed)``: how many rows a step that feeds ``fed`` rows computes (the cost model of
+- ``step_cost(widths)``: what a step that feeds rows ``widths`` tokens each costs, in fed
+  positions (``drafts.forward_positions``), as the decoder would run it (the cost model of
   drafts);
 - ``long_feed``: feeds longer than this are long (a prompt); a drafting row keeps its feed
   within it, so that drafts never make a row's feed long.
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .drafts import forward_cost, forward_positions, kv_positions
 from .model import cache_length, hidden_states, lm_head_of, new_cache, truncate_cache
 
 # Feeds longer than this many tokens are long (``Decoder.long_feed``): HFDecoder may run them
@@ -61,10 +63,10 @@ class Decoder:
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
-    def step_rows(self, fed: int) -> int:
-        """How many rows a step that feeds ``fed`` rows computes (padding included): a step whose
-        widest feed is ``w`` costs about ``step_rows(fed) * w`` fed positions plus the weights'
-        read."""
+    def step_cost(self, widths: Mapping[int, int]) -> float:
+        """What ``step`` would cost feeding ``widths[row]`` tokens to each listed row, in fed
+        positions (``drafts.forward_cost``: each forward's fixed cost plus its padded positions,
+        weighted by the cache they attend)."""
         raise NotImplementedError
 
 
@@ -80,6 +82,7 @@ class CacheDecoder(Decoder):
         head = lm_head_of(model)  # validates: a causal LM with a backbone
         self.model = model
         self.device = head.weight.device
+        self.fixed_cost, self.kv_cost = forward_positions(self.device), kv_positions(self.device)
         self.cache = new_cache(model) if cache is None else cache
         self.live = False
         self.forwards = 0  # backbone calls (for benchmarks and tests)
@@ -100,8 +103,11 @@ class CacheDecoder(Decoder):
         self._check(row)
         return cache_length(self.cache)
 
-    def step_rows(self, fed: int) -> int:
-        return 1
+    def step_cost(self, widths: Mapping[int, int]) -> float:
+        return sum(  # one call per row fed
+            forward_cost(1, w, self.length(row) + w, self.fixed_cost, self.kv_cost)
+            for row, w in widths.items()
+        )
 
     def rollback(self, row: int, length: int) -> None:
         n = self.length(row)

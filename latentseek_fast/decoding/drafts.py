@@ -24,7 +24,7 @@ The forward that verifies the drafts, and the acceptance, are ``rows.advance``'s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -48,15 +48,25 @@ BACKOFF_MAX = 64
 # padding every row pays for the widest feed, are not computed for nothing. The tokens are the
 # same either way; only the number and size of the forwards change. (The names live in config.)
 
-# A forward's fixed cost (reading the weights) in units of one fed position's compute. SmolLM2-135M
-# fp32 on the 2-core CPU, idle rounds of bench/results/threads.csv: 1x1 / 1x9 / 8x1 forwards took
-# 55.6 / 108.8 / 118 ms at 2 threads and 87 / 195 / 213 ms at 1 thread; fitting t = t0 + c * positions
-# gives t0 / c = 5.3-7.4 (2 threads) and 3.9-5.5 (1 thread).
-CPU_FORWARD_POSITIONS = 5.0
+# The cost of a forward, in units of one fed position's compute (the layers' matrix work for one
+# token): ``fixed`` per forward (reading the weights, launching the layers) plus, per position it
+# computes (padding included), 1 + ``kv`` x the cached positions it attends (attention's work
+# grows with the cache). SmolLM2-135M fp32 on the 2-core AMD EPYC at 2 threads, rows of 300
+# cached positions, after ``attention`` dropped the key copy (bench/results/attention/): n rows x w
+# tokens took 50-78 ms at n = 1 (any w), 100 / 133 / 165 / 284 / 442 ms at n = 16 and w = 1 / 2 /
+# 4 / 9 / 16: ~55 ms + 1.4 ms per position, so fixed = 55 / 1.4 ~ 39. Attention over the cache:
+# 64 rows x 1 / 2 tokens over 400 cached positions took 218 / 413 ms, over 100 positions 236 /
+# 369 ms, i.e. a position over 400 cached ones costs twice one over none: kv = 1 / 400. (Wide
+# feeds cost less than this per position, 64 x 16 over 300: 1513 ms against 2450 modelled; the
+# model prices them high, which only keeps them apart from the narrow rows.)
+CPU_FORWARD_POSITIONS = 39.0
+CPU_KV_POSITIONS = 1 / 400
 # A GPU forward stays bound by reading the weights up to about the roofline's ridge point: on an
 # H200, ~790 TFLOP/s of bf16 matrix work over 4.8 TB/s is ~165 FLOP per byte, i.e. ~165 positions
-# per forward for 2-byte weights at 2 FLOP per weight and position (not yet measured end to end).
+# per forward for 2-byte weights at 2 FLOP per weight and position (not yet measured end to end);
+# attention's share is not measured either (0).
 GPU_FORWARD_POSITIONS = 160.0
+GPU_KV_POSITIONS = 0.0
 
 # Decay of a row's acceptance counts at each forward it drafts in: the estimate follows the row's
 # recent text (a copied stretch, then free text) within a few forwards.
@@ -68,31 +78,42 @@ def forward_positions(device) -> float:
     return GPU_FORWARD_POSITIONS if torch.device(device).type == "cuda" else CPU_FORWARD_POSITIONS
 
 
-def best_width(
-    drafting: Sequence[tuple[int, float]], *, producing: int, slots: int, fixed: float, floor: int = 1
-) -> int:
-    """The feed width ``w`` (a row's last token plus up to ``w - 1`` drafts) of the next forward that
-    maximises expected tokens per unit of cost.
+def kv_positions(device) -> float:
+    """What attending one cached position adds to a fed position's cost, in fed positions (see
+    ``CPU_KV_POSITIONS``)."""
+    return GPU_KV_POSITIONS if torch.device(device).type == "cuda" else CPU_KV_POSITIONS
+
+
+def forward_cost(rows: int, width: int, attended: int, fixed: float, kv: float) -> float:
+    """One forward over ``rows`` rows padded to ``width`` tokens, attending up to ``attended``
+    positions, in fed positions: ``fixed + rows * width * (1 + kv * attended)``."""
+    return fixed + rows * width * (1.0 + kv * attended)
+
+
+def best_width(drafting: Sequence[tuple[int, float]], *, producing: int, cost: Callable[[int], float]) -> int:
+    """The feed width ``w`` (a drafting row's last token plus up to ``w - 1`` drafts) of the next
+    forward that maximises expected tokens per unit of cost.
 
     ``drafting``: ``(m, q)`` per drafting row: ``m`` drafts proposed, ``q`` the chance that each
     next draft is accepted (so the first ``i`` all are with chance ``q ** i``). ``producing``: rows
-    that get a token from this forward whatever ``w`` is (every fed row). The forward computes
-    ``slots`` rows padded to the widest feed, at ``fixed + slots * w`` position costs; ``floor``,
-    the widest feed that is not a draft (a short prefill), pads the block anyway, so drafts up to
-    it are free. Ties keep the narrower width.
+    that get a token from this step whatever ``w`` is (every fed row). ``cost(w)``: what the step
+    costs when the drafting rows feed at most ``w`` tokens (``Decoder.step_cost``: a padded block
+    makes narrower drafts than its widest feed free; a decoder that runs wide feeds apart does
+    not). Ties keep the narrower width.
     """
-    if floor < 1 or slots < 1 or fixed < 0:
-        raise ValueError(f"best_width: floor={floor}, slots={slots}, fixed={fixed}: expected >=1, >=1, >=0")
-    top = max([floor] + [1 + m for m, _ in drafting])
-    best_w, best_rate = floor, -1.0
-    for w in range(floor, top + 1):
+    top = max([1] + [1 + m for m, _ in drafting])
+    best_w, best_rate = 1, -1.0
+    for w in range(1, top + 1):
         value = float(producing)
         for m, q in drafting:
             p = 1.0
             for _ in range(min(m, w - 1)):
                 p *= q
                 value += p
-        rate = value / (fixed + slots * w)
+        c = cost(w)
+        if not c > 0:
+            raise ValueError(f"best_width: cost({w}) = {c}; expected > 0")
+        rate = value / c
         if rate > best_rate * (1.0 + 1e-9):
             best_w, best_rate = w, rate
     return best_w

@@ -30,7 +30,7 @@ from .._util import check_choice, check_int
 from ..config import DRAFT_POLICIES
 from ..ops.lpg_reference import top2_gap
 from .decoder import Decoder
-from .drafts import DraftRow, best_width, forward_positions
+from .drafts import DraftRow, best_width
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Row:
         return torch.cat(self.latents) if self.latents else torch.empty(0, width, device=device)
 
 
-def _propose(rows: list[Row], decoder: Decoder, policy: str, max_drafts: int | None, fixed_cost) -> None:
+def _propose(rows: list[Row], decoder: Decoder, policy: str, max_drafts: int | None) -> None:
     """Append each drafting row's drafts to its feed (``row.m`` of them)."""
     proposed = []
     for r in rows:  # past its first feed, a row feeds [its last token, *drafts]
@@ -141,16 +141,17 @@ def _propose(rows: list[Row], decoder: Decoder, policy: str, max_drafts: int | N
             if drafts:
                 proposed.append((r, drafts))
     if proposed and policy == "cost":
-        # One width for the padded block: every row pays for the widest feed.
-        floor = max((len(r.feed) for r in rows if len(r.feed) <= decoder.long_feed), default=1)
-        width = best_width(
-            [(len(d), r.drafts.acceptance) for r, d in proposed],
-            producing=len(rows),
-            slots=decoder.step_rows(len(rows)),
-            fixed=fixed_cost,
-            floor=floor,
-        )
-        proposed = [(r, d[: width - len(r.feed)]) for r, d in proposed]
+        # One width for every drafting row, priced as the decoder would run the step.
+        drafting = set(id(r) for r, _ in proposed)
+        others = {r.slot: len(r.feed) for r in rows if id(r) not in drafting}
+        spans = [(r.slot, len(r.feed), len(d)) for r, d in proposed]
+
+        def cost(w: int) -> float:
+            return decoder.step_cost(others | {row: b + min(m, max(0, w - b)) for row, b, m in spans})
+
+        chances = [(len(d), r.drafts.acceptance) for r, d in proposed]
+        width = best_width(chances, producing=len(rows), cost=cost)
+        proposed = [(r, d[: max(0, width - len(r.feed))]) for r, d in proposed]
     for r, drafts in proposed:
         r.m = len(drafts)
         r.feed = r.feed + drafts
@@ -163,7 +164,6 @@ def advance(
     *,
     policy: str = "full",
     max_drafts: int | None = None,
-    fixed_cost: float | None = None,
     after_fork: Callable[[Row], None] | None = None,
     softcap: float | None = None,
 ) -> list[Row]:
@@ -171,9 +171,9 @@ def advance(
     rows that finished in it (``done``, ``feed == []``), in order.
 
     ``policy`` (``DRAFT_POLICIES``): ``"full"`` feeds every proposed draft, ``"cost"`` cuts them
-    to the one width ``drafts.best_width`` picks for the step's padded block, with ``fixed_cost``
-    the forward's fixed cost in fed positions (default: ``drafts.forward_positions`` of the
-    head's device). ``max_drafts``: the most drafts a row feeds (None: its ``DraftRow.k``).
+    to the one width ``drafts.best_width`` picks, pricing each width with the decoder's
+    ``step_cost`` (how it would group and pad the step's feeds). ``max_drafts``: the most drafts
+    a row feeds (None: its ``DraftRow.k``).
     Rows in ``rows`` that wait for a fork get it once their source has been fed in this step;
     ``after_fork(row)`` is then called. ``softcap``: the model's final logit softcap
     (``model.softcap_of``), for the gaps. Raises ValueError when no row can be fed.
@@ -183,9 +183,7 @@ def advance(
     if not fed:
         raise ValueError("advance: no row to feed (every row is done or waits for a fork)")
     t0 = time.perf_counter()
-    if fixed_cost is None:
-        fixed_cost = forward_positions(head.weight.device)
-    _propose(fed, decoder, policy, max_drafts, fixed_cost)
+    _propose(fed, decoder, policy, max_drafts)
     hidden = decoder.step({r.slot: r.feed for r in fed})
     sources = set(map(id, fed))
     for r in rows:  # forks whose source was just fed (before any row is dropped or rolled back)

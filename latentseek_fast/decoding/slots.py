@@ -29,21 +29,24 @@ Why one shared padded store rather than one ``DynamicCache`` per row: a forward 
 rows needs their keys in one tensor, and gathering per-row caches into it every token would
 copy the whole KV each step. Why not a ``DynamicCache`` with a batch dimension: it appends the
 same number of columns to every row, so a rollback of one row or a long feed of another
-leaves holes in all rows; here writes are per-row. The cost: a long feed (a prompt) pads the
-step to its width for all fed rows, unless it runs apart (``split_gain``). A forward never computes more
-than ``max_positions`` positions: longer feeds are fed in pieces, which bounds the attention
-scores' memory.
+leaves holes in all rows; here writes are per-row. The cost: a step pads its fed rows to the
+widest feed, unless ``plan`` runs the wide feeds apart. A forward never computes more than
+``max_positions`` positions: longer feeds are fed in pieces, which bounds the attention scores'
+memory.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 
 from .._util import check_int
+from . import attention
 from .decoder import LONG_FEED, Decoder
+from .drafts import forward_cost, forward_positions, kv_positions
 from .model import cache_keyword, lm_head_of
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -171,7 +174,8 @@ class HFDecoder(Decoder):
         *,
         initial_capacity: int = 256,
         long_feed: int = LONG_FEED,
-        split_gain: float = 2.0,
+        fixed_cost: float | None = None,
+        kv_cost: float | None = None,
         max_positions: int | None = None,
     ):
         lm_head_of(model)  # validates: a causal LM with a backbone
@@ -191,8 +195,20 @@ class HFDecoder(Decoder):
         )
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        # sdpa on a CPU: grouped heads without transformers' key copy (``attention``).
+        self.attn_config = None
+        if not self.eager and self.device.type == "cpu":
+            layers = getattr(self.backbone, "layers", None)
+            layer_cfg = getattr(getattr(layers[0], "self_attn", None), "config", None) if layers else None
+            if getattr(layer_cfg, "_attn_implementation", None) == "sdpa":  # what the layers read
+                self.attn_config = layer_cfg
+                attention.register()
         self.capacity = max(1, int(initial_capacity))
-        self.long_feed, self.split_gain = int(long_feed), float(split_gain)
+        self.long_feed = int(long_feed)
+        # The cost model (``drafts.forward_cost``) that groups a step's feeds (``plan``) and prices
+        # drafts (``step_cost``).
+        self.fixed_cost = forward_positions(self.device) if fixed_cost is None else float(fixed_cost)
+        self.kv_cost = kv_positions(self.device) if kv_cost is None else float(kv_cost)
         if max_positions is None:
             max_positions = GPU_MAX_POSITIONS if self.device.type == "cuda" else CPU_MAX_POSITIONS
         self.max_positions = max_positions
@@ -226,9 +242,6 @@ class HFDecoder(Decoder):
     def length(self, row: int) -> int:
         self._check(row)
         return self.lengths[row]
-
-    def step_rows(self, fed: int) -> int:
-        return fed  # rows that are not fed stay out of the forward
 
     def rollback(self, row: int, length: int) -> None:
         self._check(row)
@@ -328,20 +341,67 @@ class HFDecoder(Decoder):
         self.capacity = new_cap
 
     # -- the forward -------------------------------------------------------------------------
+    def _forward_cost(self, rows: int, width: int, attended: int) -> float:
+        """A forward (in pieces, ``_chunked``) over ``rows`` rows padded to ``width`` tokens,
+        attending up to ``attended`` positions, in fed positions (``drafts.forward_cost``)."""
+        pieces = -(-width // max(1, self.max_positions // rows))
+        return (pieces - 1) * self.fixed_cost + forward_cost(
+            rows, width, attended, self.fixed_cost, self.kv_cost
+        )
+
+    def plan(self, widths: Mapping[int, int]) -> tuple[list[int], float]:
+        """How ``step`` runs ``widths[row]`` tokens fed to each listed row: ``(cuts, cost)``. The
+        rows are grouped by width, ``cuts`` the widest of each group, ascending: the first group's
+        forward spans every fed row (the others compute padding in it, overwritten by their own
+        forward), each later group runs over its own rows. The grouping is the cheapest under
+        ``_forward_cost`` (``fixed_cost`` per forward, ``kv_cost`` per cached position attended:
+        the best partition of the sorted widths, by dynamic programming over the distinct ones);
+        ``cost`` is its cost in fed positions.
+
+        A wide feed (a prompt, a re-decoded prefix) thus pads only the rows that are as wide, and
+        one row's prefix does not make 63 rows compute 9 positions each."""
+        if not widths:
+            return [], 0.0
+        n = len(widths)
+        counts: dict[int, int] = {}
+        longest: dict[int, int] = {}  # width -> the most positions a row of that width has cached
+        for row, w in widths.items():
+            counts[w] = counts.get(w, 0) + 1
+            longest[w] = max(longest.get(w, 0), self.lengths[row])
+        ws = sorted(counts)
+        cached = max(longest.values())
+        best: list[float] = []
+        back: list[int] = []
+        for j, w in enumerate(ws):
+            cost, cut = self._forward_cost(n, w, cached + w), -1  # one group: every row up to width w
+            rows = most = 0
+            for i in range(j, 0, -1):  # the last group: widths ws[i..j]
+                rows += counts[ws[i]]
+                most = max(most, longest[ws[i]])
+                c = best[i - 1] + self._forward_cost(rows, w, most + w)
+                if c < cost:
+                    cost, cut = c, i - 1
+            best.append(cost)
+            back.append(cut)
+        cuts, j = [], len(ws) - 1
+        while j >= 0:
+            cuts.append(ws[j])
+            j = back[j]
+        return cuts[::-1], best[-1]
+
+    def step_cost(self, widths: Mapping[int, int]) -> float:
+        return self.plan(widths)[1]
+
     @torch.no_grad()
     def step(self, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """Feed ``feeds[row]`` (>= 1 token ids) to each listed row; return each row's latents
         ``[len(feeds[row]), d]`` (post-final-norm hidden states).
 
-        Normally one forward over the fed rows (moved into the first slots, ``_arrange``), padded
-        to the longest feed. When some feeds are long (more than ``long_feed`` tokens: a prompt, a
-        verifier prompt, the L re-decoded tokens) and padding every fed row to them would compute
-        more than twice the positions, the long feeds run as a second forward over their own
-        slots only (their cached columns gathered), so a prompt admitted into a full batch costs
-        its own length, not ``rows x`` its length; so do long feeds with no short one beside them
-        (the first verifier prompt prefilled while the rows that fork it wait) when they are few
-        of the occupied slots. (``split_gain``: how many times fewer positions the split must
-        compute; 0 always splits, for tests.)
+        The fed rows move into the first slots (``_arrange``) and run as ``plan`` groups them:
+        usually one forward over them all, padded to the widest feed; when a few feeds are much
+        wider (a prompt, a verifier prompt, the L re-decoded tokens, a row's drafts), those run
+        as forwards of their own over their own slots (their cached columns gathered), so that a
+        prompt admitted into a full batch costs its own length, not ``rows x`` its length.
         """
         if not feeds:
             return {}
@@ -351,18 +411,17 @@ class HFDecoder(Decoder):
                 raise ValueError(f"step: row {row} was given no tokens")
         self._arrange(list(feeds))
         n = len(feeds)
-        width = max(len(t) for t in feeds.values())
-        long = {r: t for r, t in feeds.items() if len(t) > self.long_feed}
-        short = {r: t for r, t in feeds.items() if len(t) <= self.long_feed}
-        if long:
-            short_w = max((len(t) for t in short.values()), default=0)
-            if (n * short_w + len(long) * width) * self.split_gain < n * width:
-                # The short feeds' forward spans the first n slots (the long rows in it compute
-                # padding, overwritten by their own forward after it).
-                out = self._chunked(list(range(n)), short) if short else {}
-                out.update(self._chunked(sorted(self.slot_of[r] for r in long), long))
-                return out
-        return self._chunked(list(range(n)), feeds)
+        cuts, _ = self.plan({r: len(t) for r, t in feeds.items()})
+        if len(cuts) == 1:
+            return self._chunked(list(range(n)), feeds)
+        out: dict[int, torch.Tensor] = {}
+        low = 0
+        for g, cut in enumerate(cuts):
+            group = {r: t for r, t in feeds.items() if low < len(t) <= cut}
+            low = cut
+            slots = list(range(n)) if g == 0 else sorted(self.slot_of[r] for r in group)
+            out.update(self._chunked(slots, group))
+        return out
 
     def _chunked(self, slots: list[int], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """``_forward``, cut along the feeds into pieces of at most ``max_positions // len(slots)``
@@ -408,9 +467,11 @@ class HFDecoder(Decoder):
             mask = allowed[:, None]
         slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
         kv = _SlotKV(lengths, width, kv_len, self.store, slot_t, every_slot)
-        out = self.backbone(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
-        )[0]
+        gqa = self.attn_config is not None
+        with attention.attention_of(self.attn_config, attention.NAME) if gqa else nullcontext():
+            out = self.backbone(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
+            )[0]
         self.forwards += 1
         self.row_steps += n
         result = {}

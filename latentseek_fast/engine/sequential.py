@@ -22,7 +22,6 @@ from ..backends import resolve_backend
 from ..config import SeekConfig
 from ..decoding import rows as decode_rows
 from ..decoding.decoder import CacheDecoder, Decoder
-from ..decoding.drafts import forward_positions
 from ..decoding.model import lm_head_of, softcap_of
 from ..decoding.slots import HFDecoder
 from ..decoding.stops import answer_stop_ids
@@ -40,13 +39,12 @@ from .result import SeekResult
 def decode_options(config: SeekConfig, decoder: Decoder, model) -> dict:
     """The options of ``decoding.rows.advance`` for a run of ``model``: the draft policy, the most
     drafts a feed may carry (on the slot store, drafts stay in the main forward, below its
-    long-feed width; a plain cache has one forward anyway), a forward's fixed cost on the model's
-    device (``draft_policy="cost"``) and the final logit softcap (for the decisions' gaps)."""
+    long-feed width; a plain cache has one forward anyway) and the final logit softcap (for the
+    decisions' gaps)."""
     k = config.draft_tokens
     return {
         "policy": config.draft_policy,
         "max_drafts": min(k, decoder.long_feed - 1) if isinstance(decoder, HFDecoder) else k,
-        "fixed_cost": forward_positions(lm_head_of(model).weight.device),
         "softcap": softcap_of(model),
     }
 

@@ -15,10 +15,12 @@ from latentseek_fast.decoding.decoder import CacheDecoder
 from latentseek_fast.decoding.drafts import (
     BACKOFF_MAX,
     CPU_FORWARD_POSITIONS,
+    CPU_KV_POSITIONS,
     GPU_FORWARD_POSITIONS,
     DraftPool,
     DraftRow,
     best_width,
+    forward_cost,
 )
 from latentseek_fast.decoding.greedy import greedy
 from latentseek_fast.decoding.rows import DecodeStats
@@ -252,8 +254,9 @@ def _expected_accepted(cut: int, q: float) -> float:
 def _oracle_width(drafting, producing, slots, fixed, floor):
     top = max([floor] + [1 + m for m, _ in drafting])
     rates = {
-        w: (producing + sum(_expected_accepted(min(m, w - 1), q) for m, q in drafting)) / (fixed + slots * w)
-        for w in range(floor, top + 1)
+        w: (producing + sum(_expected_accepted(min(m, w - 1), q) for m, q in drafting))
+        / (fixed + slots * max(w, floor))
+        for w in range(1, top + 1)
     }
     best = max(rates.values())
     return rates, best
@@ -264,30 +267,41 @@ def _oracle_width(drafting, producing, slots, fixed, floor):
     drafting=st.lists(st.tuples(st.integers(1, 12), st.floats(0.0, 1.0)), max_size=6),
     extra=st.integers(0, 4),
     idle=st.integers(0, 4),
-    fixed=st.floats(0.0, 200.0),
+    fixed=st.floats(0.01, 200.0),
     floor=st.integers(1, 6),
 )
 def test_best_width_maximises_expected_tokens_per_cost(drafting, extra, idle, fixed, floor):
+    """Against term-by-term expected acceptance, for a padded block (``floor``: a non-draft feed
+    that wide pads it anyway)."""
     producing = len(drafting) + extra
     slots = max(1, producing + idle)
-    w = best_width(drafting, producing=producing, slots=slots, fixed=fixed, floor=floor)
+    w = best_width(drafting, producing=producing, cost=lambda v: fixed + slots * max(v, floor))
     rates, best = _oracle_width(drafting, producing, slots, fixed, floor)
     assert rates[w] >= best * (1 - 1e-9)  # the best width (up to rounding) ...
     assert all(rates[v] <= rates[w] * (1 + 1e-9) for v in rates if v < w)  # ... and no narrower one beats it
 
 
 def test_best_width_cases():
-    cpu, gpu = CPU_FORWARD_POSITIONS, GPU_FORWARD_POSITIONS
-    assert best_width([(8, 1.0)], producing=1, slots=1, fixed=cpu) == 9  # a repetition loop: all
-    assert best_width([(8, 0.0)], producing=1, slots=1, fixed=cpu) == 1  # nothing to copy: none
-    assert best_width([(8, 0.5)], producing=1, slots=1, fixed=cpu) == 3  # (1 + .5 + .25) / (5 + 3)
-    assert best_width([(8, 0.5)] * 16, producing=16, slots=16, fixed=cpu) == 1  # a wide block
-    assert best_width([(8, 0.9)] * 16, producing=16, slots=16, fixed=cpu) < 5
-    assert best_width([(8, 0.9)] * 16, producing=16, slots=16, fixed=gpu) == 9  # reading weights dominates
-    assert best_width([(3, 0.0)], producing=2, slots=2, fixed=cpu, floor=6) == 6  # padding is free
-    assert best_width([], producing=3, slots=3, fixed=cpu, floor=4) == 4
-    with pytest.raises(ValueError, match="floor=0"):
-        best_width([], producing=1, slots=1, fixed=cpu, floor=0)
+    def block(slots, fixed, floor=1):
+        return lambda w: fixed + slots * max(w, floor)
+
+    assert best_width([(8, 1.0)], producing=1, cost=block(1, 5)) == 9  # a repetition loop: all
+    assert best_width([(8, 0.0)], producing=1, cost=block(1, 5)) == 1  # nothing to copy: none
+    assert best_width([(8, 0.5)], producing=1, cost=block(1, 5)) == 3  # (1 + .5 + .25) / (5 + 3)
+    assert best_width([(8, 0.5)] * 16, producing=16, cost=block(16, 5)) == 1  # a wide block
+    assert best_width([(8, 0.9)] * 16, producing=16, cost=block(16, 5)) < 5
+    gpu = block(16, GPU_FORWARD_POSITIONS)
+    assert best_width([(8, 0.9)] * 16, producing=16, cost=gpu) == 9  # reading weights dominates
+    assert best_width([(3, 0.1)], producing=2, cost=block(2, 5, floor=6)) == 4  # padding is free: all 3
+    assert best_width([], producing=3, cost=block(3, 5, floor=4)) == 1
+    # this CPU's measured model (``CPU_*``, ``forward_cost``): 64 rows x w tokens over 300 cached
+    # positions cost 39 + 64 w (1 + (300 + w) / 400), so a second token per row pays only when it
+    # is accepted with chance > ~0.74
+    cpu = lambda w: forward_cost(64, w, 300 + w, CPU_FORWARD_POSITIONS, CPU_KV_POSITIONS)  # noqa: E731
+    assert best_width([(8, 0.70)] * 64, producing=64, cost=cpu) == 1
+    assert best_width([(8, 0.80)] * 64, producing=64, cost=cpu) == 2
+    with pytest.raises(ValueError, match="cost"):
+        best_width([], producing=1, cost=lambda w: 0.0)
 
 
 def test_acceptance_follows_recent_drafts():

@@ -99,13 +99,13 @@ def test_advance_over_many_rows_equals_each_row_alone(model64, policy):
         (prompts[2], frozenset(), 17, [prompts[2] + corrupt]),
         (prompts[3], frozenset(), 11, None),
     ]
-    dec = HFDecoder(model64, initial_capacity=8)
+    dec = HFDecoder(model64, initial_capacity=8, fixed_cost=GPU_FORWARD_POSITIONS)
     tokens = []
     rows = _rows(model64, dec, specs, tokens)
     finished = []
     while not all(r.done for r in rows):
         # "cost" at a GPU's fixed cost: drafts are fed, cut to one width per step
-        finished += advance(dec, model64.lm_head, rows, policy=policy, fixed_cost=GPU_FORWARD_POSITIONS)
+        finished += advance(dec, model64.lm_head, rows, policy=policy)
     assert sorted(r.tag for r in finished) == [0, 1, 2, 3]  # each once
     for r, (prompt, row_stop, cap, _) in zip(rows, specs):
         alone = greedy(model64, prompt, stop=row_stop, max_tokens=cap)  # no drafts

@@ -23,9 +23,9 @@ def llama64():
 def test_decoder_step_equals_per_row_decoding(llama64, mode):
     """Ragged feeds, several tokens per row per step, rollback of one row, drop and slot reuse:
     every latent equals the one of the same tokens run alone through a fresh cache.
-    ``long-feeds-apart``: feeds of more than 2 tokens run as a second forward over their own
-    (gathered) slots; ``in-pieces``: at most 6 positions per forward, so 3 rows are fed 2 tokens
-    at a time."""
+    ``long-feeds-apart``: at no fixed cost per forward, ``plan`` runs each feed width as a forward
+    of its own (the first over every fed row, the wider ones over their gathered slots);
+    ``in-pieces``: at most 6 positions per forward, so a 9-token feed runs in two pieces."""
     model = llama64
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, 49152, (n,), generator=g).tolist() for n in (5, 9, 3)]
@@ -43,7 +43,8 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
         model,
         initial_capacity=4,
         long_feed=2,
-        split_gain=0.0 if split else 1e9,
+        fixed_cost=0.0 if split else 1e9,  # every width apart, or one group
+        kv_cost=0.0,
         max_positions=6 if mode == "in-pieces" else None,
     )
     a, b, c = (dec.add_row() for _ in range(3))
@@ -62,9 +63,9 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
     s5 = dec.step({c: [12, 13]})
     close(s5[c], alone(seqs[2] + [12, 13])[3:])
 
-    # in pieces: steps of width 9, 3, 1, 3, 2 over the 3, 2, 1, 2, 1 rows fed: 2, 3, 6, 3, 6 tokens
-    # per forward
-    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 8, "in-pieces": 5 + 1 + 1 + 1 + 1}[mode]
+    # apart: 3 + 2 + 1 + 2 + 1 widths; in pieces (at 1e9 per forward, the fewest forwards): the
+    # first step as a and c (2 tokens each, one piece) then b alone (9 tokens: pieces of 6 and 3)
+    assert dec.forwards == {"one-forward": 5, "long-feeds-apart": 9, "in-pieces": 3 + 1 + 1 + 1 + 1}[mode]
     dec.drop_row(a)
     d = dec.add_row()
     assert d == a and dec.length(d) == 0  # the freed slot is reused, empty
