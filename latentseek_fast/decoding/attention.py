@@ -5,10 +5,11 @@ Transformers' ``sdpa`` attention repeats every key/value head for the query head
 always passes its 4-D mask, so each forward that feeds drafts, a re-decoded prefix or a prompt
 copied the whole attended cache ``num_key_value_groups`` times per layer (3x for SmolLM2: 9 query
 heads over 3 key/value heads). ``torch``'s SDPA takes the grouping itself (``enable_gqa``), mask
-and all. Measured on the embedded SmolLM2 (fp32, 2 threads, 2-core AMD EPYC, every row 300
-positions cached; ``bench/results/attention/``), a forward of 64 rows x 2 / 9 / 16 tokens took
-1398 / 2171 / 2682 ms with the repeat and 380 / 1029 / 1620 ms without; one token per row (which
-transformers already runs without the repeat) is unchanged. The same products are summed, so
+and all. Measured on the embedded SmolLM2 (fp32, 2 threads, 2-core AMD EPYC, every row 400
+positions cached; ``bench/results/attention/``), a forward of 64 rows x 2 / 4 / 9 / 16 tokens took
+1876 / 1928 / 2749 / 3224 ms with the repeat and 438 / 648 / 1090 / 1796 ms without; one token
+per row (which transformers already runs without the repeat) is unchanged (267 vs 283 ms, within
+the run-to-run noise), as are 1 and 16 rows within ~20 %. The same products are summed, so
 the values agree to rounding (tests/decoding/test_attention.py).
 
 On CUDA the store keeps transformers' ``sdpa``: its fused kernels take no mask together with

@@ -48,25 +48,25 @@ BACKOFF_MAX = 64
 # padding every row pays for the widest feed, are not computed for nothing. The tokens are the
 # same either way; only the number and size of the forwards change. (The names live in config.)
 
-# The cost of a forward, in units of one fed position's compute (the layers' matrix work for one
-# token): ``fixed`` per forward (reading the weights, launching the layers) plus, per position it
-# computes (padding included), 1 + ``kv`` x the cached positions it attends (attention's work
-# grows with the cache). SmolLM2-135M fp32 on the 2-core AMD EPYC at 2 threads, rows of 300
-# cached positions, after ``attention`` dropped the key copy (bench/results/attention/): n rows x w
-# tokens took 50-78 ms at n = 1 (any w), 100 / 133 / 165 / 284 / 442 ms at n = 16 and w = 1 / 2 /
-# 4 / 9 / 16: ~55 ms + 1.4 ms per position, so fixed = 55 / 1.4 ~ 39. Attention over the cache:
-# 64 rows x 1 / 2 tokens over 400 cached positions took 218 / 413 ms, over 100 positions 236 /
-# 369 ms, i.e. a position over 400 cached ones costs twice one over none: kv = 1 / 400. (Wide
-# feeds cost less than this per position, 64 x 16 over 300: 1513 ms against 2450 modelled; the
-# model prices them high, which only keeps them apart from the narrow rows.)
-CPU_FORWARD_POSITIONS = 39.0
-CPU_KV_POSITIONS = 1 / 400
+# The cost of a forward, in units of one fed position's compute: ``fixed`` per forward (reading
+# the weights, launching the layers), ``row`` per row it computes (attending to the row's cache,
+# its share of the head), ``multi`` more per row when rows are fed more than one token (attention
+# then runs its many-query path), and one per position, padding included. Fitted (least squares
+# on relative error, 10 % mean error) to bench/results/attention/ (SmolLM2 fp32, 2-core AMD EPYC,
+# 2 threads, 1 / 16 / 64 rows x 1-16 tokens over 100-400 cached positions, after ``attention``
+# dropped the key copy): ~71 ms per forward + 1.09 ms per row (1.90 when fed several tokens)
+# + 1.65 ms per position; e.g. 64 rows over 300 cached positions: 244 ms for 1 token a row, 409
+# for 2. The cache length (100-400) made no difference the noise did not hide.
+CPU_FORWARD_POSITIONS = 43.0
+CPU_ROW_POSITIONS = 0.66
+CPU_MULTI_POSITIONS = 0.49
 # A GPU forward stays bound by reading the weights up to about the roofline's ridge point: on an
 # H200, ~790 TFLOP/s of bf16 matrix work over 4.8 TB/s is ~165 FLOP per byte, i.e. ~165 positions
 # per forward for 2-byte weights at 2 FLOP per weight and position (not yet measured end to end);
-# attention's share is not measured either (0).
+# the per-row terms are not measured either (0).
 GPU_FORWARD_POSITIONS = 160.0
-GPU_KV_POSITIONS = 0.0
+GPU_ROW_POSITIONS = 0.0
+GPU_MULTI_POSITIONS = 0.0
 
 # Decay of a row's acceptance counts at each forward it drafts in: the estimate follows the row's
 # recent text (a copied stretch, then free text) within a few forwards.
@@ -78,16 +78,18 @@ def forward_positions(device) -> float:
     return GPU_FORWARD_POSITIONS if torch.device(device).type == "cuda" else CPU_FORWARD_POSITIONS
 
 
-def kv_positions(device) -> float:
-    """What attending one cached position adds to a fed position's cost, in fed positions (see
-    ``CPU_KV_POSITIONS``)."""
-    return GPU_KV_POSITIONS if torch.device(device).type == "cuda" else CPU_KV_POSITIONS
+def row_positions(device) -> tuple[float, float]:
+    """``(row, multi)``: what each row a forward computes adds on ``device``, in fed positions,
+    and what it adds more when the forward feeds several tokens a row (see ``CPU_ROW_POSITIONS``)."""
+    if torch.device(device).type == "cuda":
+        return GPU_ROW_POSITIONS, GPU_MULTI_POSITIONS
+    return CPU_ROW_POSITIONS, CPU_MULTI_POSITIONS
 
 
-def forward_cost(rows: int, width: int, attended: int, fixed: float, kv: float) -> float:
-    """One forward over ``rows`` rows padded to ``width`` tokens, attending up to ``attended``
-    positions, in fed positions: ``fixed + rows * width * (1 + kv * attended)``."""
-    return fixed + rows * width * (1.0 + kv * attended)
+def forward_cost(rows: int, width: int, fixed: float, row: float, multi: float) -> float:
+    """One forward over ``rows`` rows padded to ``width`` tokens, in fed positions:
+    ``fixed + rows * (row + (multi if width > 1) + width)``."""
+    return fixed + rows * (row + (multi if width > 1 else 0.0) + width)
 
 
 def best_width(drafting: Sequence[tuple[int, float]], *, producing: int, cost: Callable[[int], float]) -> int:

@@ -143,11 +143,11 @@ def _propose(rows: list[Row], decoder: Decoder, policy: str, max_drafts: int | N
     if proposed and policy == "cost":
         # One width for every drafting row, priced as the decoder would run the step.
         drafting = set(id(r) for r, _ in proposed)
-        others = {r.slot: len(r.feed) for r in rows if id(r) not in drafting}
-        spans = [(r.slot, len(r.feed), len(d)) for r, d in proposed]
+        others = [len(r.feed) for r in rows if id(r) not in drafting]
+        spans = [(len(r.feed), len(d)) for r, d in proposed]
 
         def cost(w: int) -> float:
-            return decoder.step_cost(others | {row: b + min(m, max(0, w - b)) for row, b, m in spans})
+            return decoder.step_cost(others + [b + min(m, max(0, w - b)) for b, m in spans])
 
         chances = [(len(d), r.drafts.acceptance) for r, d in proposed]
         width = best_width(chances, producing=len(rows), cost=cost)

@@ -46,7 +46,7 @@ import torch
 from .._util import check_int
 from . import attention
 from .decoder import LONG_FEED, Decoder
-from .drafts import forward_cost, forward_positions, kv_positions
+from .drafts import forward_cost, forward_positions, row_positions
 from .model import cache_keyword, lm_head_of
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -175,7 +175,8 @@ class HFDecoder(Decoder):
         initial_capacity: int = 256,
         long_feed: int = LONG_FEED,
         fixed_cost: float | None = None,
-        kv_cost: float | None = None,
+        row_cost: float | None = None,
+        multi_cost: float | None = None,
         max_positions: int | None = None,
     ):
         lm_head_of(model)  # validates: a causal LM with a backbone
@@ -208,7 +209,9 @@ class HFDecoder(Decoder):
         # The cost model (``drafts.forward_cost``) that groups a step's feeds (``plan``) and prices
         # drafts (``step_cost``).
         self.fixed_cost = forward_positions(self.device) if fixed_cost is None else float(fixed_cost)
-        self.kv_cost = kv_positions(self.device) if kv_cost is None else float(kv_cost)
+        row, multi = row_positions(self.device)
+        self.row_cost = row if row_cost is None else float(row_cost)
+        self.multi_cost = multi if multi_cost is None else float(multi_cost)
         if max_positions is None:
             max_positions = GPU_MAX_POSITIONS if self.device.type == "cuda" else CPU_MAX_POSITIONS
         self.max_positions = max_positions
@@ -341,44 +344,38 @@ class HFDecoder(Decoder):
         self.capacity = new_cap
 
     # -- the forward -------------------------------------------------------------------------
-    def _forward_cost(self, rows: int, width: int, attended: int) -> float:
-        """A forward (in pieces, ``_chunked``) over ``rows`` rows padded to ``width`` tokens,
-        attending up to ``attended`` positions, in fed positions (``drafts.forward_cost``)."""
+    def _forward_cost(self, rows: int, width: int) -> float:
+        """A forward (in pieces, ``_chunked``) over ``rows`` rows padded to ``width`` tokens, in
+        fed positions (``drafts.forward_cost``; every piece pays the fixed and per-row costs)."""
         pieces = -(-width // max(1, self.max_positions // rows))
-        return (pieces - 1) * self.fixed_cost + forward_cost(
-            rows, width, attended, self.fixed_cost, self.kv_cost
-        )
+        extra = (pieces - 1) * forward_cost(rows, 0, self.fixed_cost, self.row_cost, self.multi_cost)
+        return extra + forward_cost(rows, width, self.fixed_cost, self.row_cost, self.multi_cost)
 
-    def plan(self, widths: Mapping[int, int]) -> tuple[list[int], float]:
-        """How ``step`` runs ``widths[row]`` tokens fed to each listed row: ``(cuts, cost)``. The
-        rows are grouped by width, ``cuts`` the widest of each group, ascending: the first group's
-        forward spans every fed row (the others compute padding in it, overwritten by their own
-        forward), each later group runs over its own rows. The grouping is the cheapest under
-        ``_forward_cost`` (``fixed_cost`` per forward, ``kv_cost`` per cached position attended:
-        the best partition of the sorted widths, by dynamic programming over the distinct ones);
+    def plan(self, widths: Sequence[int]) -> tuple[list[int], float]:
+        """How ``step`` runs fed rows of these feed widths: ``(cuts, cost)``. The rows are grouped
+        by width, ``cuts`` the widest of each group, ascending: the first group's forward spans
+        every fed row (the others compute padding in it, overwritten by their own forward), each
+        later group runs over its own rows. The grouping is the cheapest under ``_forward_cost``
+        (the best partition of the sorted widths, by dynamic programming over the distinct ones);
         ``cost`` is its cost in fed positions.
 
         A wide feed (a prompt, a re-decoded prefix) thus pads only the rows that are as wide, and
         one row's prefix does not make 63 rows compute 9 positions each."""
-        if not widths:
-            return [], 0.0
         n = len(widths)
+        if n == 0:
+            return [], 0.0
         counts: dict[int, int] = {}
-        longest: dict[int, int] = {}  # width -> the most positions a row of that width has cached
-        for row, w in widths.items():
+        for w in widths:
             counts[w] = counts.get(w, 0) + 1
-            longest[w] = max(longest.get(w, 0), self.lengths[row])
         ws = sorted(counts)
-        cached = max(longest.values())
         best: list[float] = []
         back: list[int] = []
         for j, w in enumerate(ws):
-            cost, cut = self._forward_cost(n, w, cached + w), -1  # one group: every row up to width w
-            rows = most = 0
+            cost, cut = self._forward_cost(n, w), -1  # one group: every row up to width w
+            rows = 0
             for i in range(j, 0, -1):  # the last group: widths ws[i..j]
                 rows += counts[ws[i]]
-                most = max(most, longest[ws[i]])
-                c = best[i - 1] + self._forward_cost(rows, w, most + w)
+                c = best[i - 1] + self._forward_cost(rows, w)
                 if c < cost:
                     cost, cut = c, i - 1
             best.append(cost)
@@ -389,7 +386,7 @@ class HFDecoder(Decoder):
             j = back[j]
         return cuts[::-1], best[-1]
 
-    def step_cost(self, widths: Mapping[int, int]) -> float:
+    def step_cost(self, widths: Sequence[int]) -> float:
         return self.plan(widths)[1]
 
     @torch.no_grad()
@@ -411,7 +408,7 @@ class HFDecoder(Decoder):
                 raise ValueError(f"step: row {row} was given no tokens")
         self._arrange(list(feeds))
         n = len(feeds)
-        cuts, _ = self.plan({r: len(t) for r, t in feeds.items()})
+        cuts, _ = self.plan([len(t) for t in feeds.values()])
         if len(cuts) == 1:
             return self._chunked(list(range(n)), feeds)
         out: dict[int, torch.Tensor] = {}

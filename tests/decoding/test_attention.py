@@ -87,21 +87,24 @@ def test_decoder_switches_attention_only_inside_its_forward(llama64):
     assert HFDecoder(eager).attn_config is None
 
 
-def _brute_force(dec: HFDecoder, widths: dict[int, int]) -> float:
+def _brute_force(dec: HFDecoder, widths: list[int]) -> float:
     """The cheapest grouping of the sorted distinct widths into contiguous runs, every grouping
     priced by hand: the first run's forward spans every fed row, each later run its own rows;
-    each forward attends up to its longest row's cache plus its width."""
-    ws = sorted(set(widths.values()))
+    a forward costs, per piece, the fixed cost and each row's, plus once its padded positions
+    and, when wider than one token, the many-token cost of each row."""
+    ws = sorted(set(widths))
     best = float("inf")
     for k in range(len(ws)):
         for cuts in itertools.combinations(range(len(ws) - 1), k):
             ends = [ws[c] for c in cuts] + [ws[-1]]
             cost, low = 0.0, 0
             for g, end in enumerate(ends):
-                rows = list(widths) if g == 0 else [r for r, w in widths.items() if low < w <= end]
-                attended = max(dec.lengths[r] for r in rows) + end
-                pieces = -(-end // max(1, dec.max_positions // len(rows)))
-                cost += pieces * dec.fixed_cost + len(rows) * end * (1 + dec.kv_cost * attended)
+                rows = len(widths) if g == 0 else sum(low < w <= end for w in widths)
+                pieces = -(-end // max(1, dec.max_positions // rows))
+                per_row = dec.row_cost + (dec.multi_cost if end > 1 else 0.0)
+                cost += pieces * (dec.fixed_cost + rows * dec.row_cost) + rows * (
+                    per_row - dec.row_cost + end
+                )
                 low = end
             best = min(best, cost)
     return best
@@ -109,23 +112,18 @@ def _brute_force(dec: HFDecoder, widths: dict[int, int]) -> float:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    rows=st.lists(st.tuples(st.integers(1, 40), st.integers(0, 900)), min_size=1, max_size=70),
+    widths=st.lists(st.integers(1, 40), min_size=1, max_size=70),
     fixed=st.floats(0.0, 100.0),
-    kv=st.sampled_from([0.0, 1 / 400, 0.01]),
+    row=st.floats(0.0, 3.0),
+    multi=st.floats(0.0, 2.0),
     max_positions=st.sampled_from([64, 1024]),
 )
-def test_plan_is_the_cheapest_grouping(llama64, rows, fixed, kv, max_positions):
-    """Rows of random feed widths and cached lengths: ``plan``'s cost is the cheapest grouping's,
-    and its cuts are the widths that grouping ends at."""
-    dec = HFDecoder(llama64, fixed_cost=fixed, kv_cost=kv, max_positions=max_positions)
-    widths = {}
-    for w, cached in rows:
-        r = dec.add_row()
-        dec.lengths[r] = cached  # the plan reads lengths only; nothing is fed
-        widths[r] = w
+def test_plan_is_the_cheapest_grouping(llama64, widths, fixed, row, multi, max_positions):
+    """Random feed widths: ``plan``'s cost is the cheapest grouping's, and its cuts are widths
+    fed, ending at the widest."""
+    dec = HFDecoder(llama64, fixed_cost=fixed, row_cost=row, multi_cost=multi, max_positions=max_positions)
     cuts, cost = dec.plan(widths)
-    assert cuts == sorted(set(cuts))
-    assert set(cuts) <= set(widths.values()) and cuts[-1] == max(widths.values())
+    assert cuts == sorted(set(cuts)) and set(cuts) <= set(widths) and cuts[-1] == max(widths)
     assert cost == pytest.approx(_brute_force(dec, widths), rel=1e-9)
     assert dec.step_cost(widths) == cost
 
@@ -134,14 +132,14 @@ def test_one_wide_feed_does_not_widen_the_others(llama64):
     """11 rows feed one token, one row a 9-token prefix: at this CPU's cost model the wide row
     runs apart (not 12 x 9 positions), and every latent equals its tokens decoded alone."""
     dec = HFDecoder(llama64)
+    assert dec.plan([1, 1, 1, 2])[0] == [2]  # a forward costs more than padding 3 rows by one
+    assert dec.plan([1] * 11 + [9])[0] == [1, 9]
     rows = [dec.add_row() for _ in range(12)]
-    assert dec.plan({r: 1 for r in rows[:3]} | {rows[3]: 2})[0] == [2]  # padding 3 rows by one is cheaper
     g = torch.Generator().manual_seed(2)
     first = {r: torch.randint(0, 49152, (3,), generator=g).tolist() for r in rows}
     dec.step(first)
     wide = torch.randint(0, 49152, (9,), generator=g).tolist()
     feeds = {r: [7] for r in rows[:-1]} | {rows[-1]: wide}
-    assert dec.plan({r: len(t) for r, t in feeds.items()})[0] == [1, 9]
     before = (dec.forwards, dec.row_steps)
     out = dec.step(feeds)
     assert (dec.forwards - before[0], dec.row_steps - before[1]) == (2, 12 + 1)

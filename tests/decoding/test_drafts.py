@@ -15,7 +15,8 @@ from latentseek_fast.decoding.decoder import CacheDecoder
 from latentseek_fast.decoding.drafts import (
     BACKOFF_MAX,
     CPU_FORWARD_POSITIONS,
-    CPU_KV_POSITIONS,
+    CPU_MULTI_POSITIONS,
+    CPU_ROW_POSITIONS,
     GPU_FORWARD_POSITIONS,
     DraftPool,
     DraftRow,
@@ -294,12 +295,14 @@ def test_best_width_cases():
     assert best_width([(8, 0.9)] * 16, producing=16, cost=gpu) == 9  # reading weights dominates
     assert best_width([(3, 0.1)], producing=2, cost=block(2, 5, floor=6)) == 4  # padding is free: all 3
     assert best_width([], producing=3, cost=block(3, 5, floor=4)) == 1
-    # this CPU's measured model (``CPU_*``, ``forward_cost``): 64 rows x w tokens over 300 cached
-    # positions cost 39 + 64 w (1 + (300 + w) / 400), so a second token per row pays only when it
-    # is accepted with chance > ~0.74
-    cpu = lambda w: forward_cost(64, w, 300 + w, CPU_FORWARD_POSITIONS, CPU_KV_POSITIONS)  # noqa: E731
-    assert best_width([(8, 0.70)] * 64, producing=64, cost=cpu) == 1
-    assert best_width([(8, 0.80)] * 64, producing=64, cost=cpu) == 2
+    # this CPU's measured model (``CPU_*``, ``forward_cost``): 64 rows x w tokens cost 43 + 64 x
+    # (0.66 + 0.49 [w > 1] + w) positions, so a second token per row pays only when it is accepted
+    # with chance > ~0.64
+    costs = (CPU_FORWARD_POSITIONS, CPU_ROW_POSITIONS, CPU_MULTI_POSITIONS)
+    cpu = lambda w: forward_cost(64, w, *costs)  # noqa: E731
+    assert best_width([(8, 0.60)] * 64, producing=64, cost=cpu) == 1
+    assert best_width([(8, 0.65)] * 64, producing=64, cost=cpu) == 2
+    assert best_width([(8, 0.70)] * 64, producing=64, cost=cpu) == 3
     with pytest.raises(ValueError, match="cost"):
         best_width([], producing=1, cost=lambda w: 0.0)
 

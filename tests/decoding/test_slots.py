@@ -44,7 +44,8 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
         initial_capacity=4,
         long_feed=2,
         fixed_cost=0.0 if split else 1e9,  # every width apart, or one group
-        kv_cost=0.0,
+        row_cost=0.0,
+        multi_cost=0.0,
         max_positions=6 if mode == "in-pieces" else None,
     )
     a, b, c = (dec.add_row() for _ in range(3))
