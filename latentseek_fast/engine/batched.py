@@ -46,11 +46,12 @@ from .result import SeekResult
 from .sequential import check_on_event, decode_options, problem_parts, tie_gap_of
 
 AUTO = "auto"
-# The most decoder rows ``batch_size="auto"`` keeps in flight. CPU: a decode step's GEMMs stop
-# getting cheaper per row beyond ~64 rows (F.linear, K=576, N=1536, 2 threads: 29 us per row at
-# 16 rows, 20 at 32, 15 at 64, 14 at 128), and bench/results/scaling/ measures the whole engine at
-# 16, 32 and 64 problems in flight. GPU: not measured yet; an H100's GEMMs stay weight-bound up to
-# a few hundred rows, so 256.
+# The most decoder rows ``batch_size="auto"`` keeps in flight. CPU: the scaling run
+# (bench/results/scaling.csv: 64 GSM8K problems, 2-core AMD EPYC) gave 417 / 472 / 637 problems per
+# hour at 16 / 32 / 64 in flight (cost policy); beyond that a step's per-row work (attention over
+# the row's cache, its logits) dominates (bench/results/attention/: one token for 64 rows 244-283
+# ms, for 16 rows 93-134 ms). GPU: not measured yet; an H100's GEMMs stay weight-bound up to a
+# few hundred rows, so 256.
 CPU_AUTO_ROWS = 64
 GPU_AUTO_ROWS = 256
 # ``batch_size="auto"`` gives the KV store at most this fraction of the memory free when the run
