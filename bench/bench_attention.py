@@ -5,7 +5,7 @@ is fed) and with ``decoding.attention.slot_gqa_attention`` (the heads grouped in
 Embedded SmolLM2 in fp32 (9 query heads over 3 key/value heads), ``HFDecoder`` with every row
 holding ``--cached`` positions (zeros: attention costs the same whatever the values), one forward
 of ``rows x width`` tokens, the median of ``--repeats`` after one warm-up. These numbers chose
-``decoding.drafts``' cost model (``CPU_FORWARD_POSITIONS``, ``CPU_KV_POSITIONS``).
+``decoding.drafts``' cost model (``CPU_FORWARD_COST``).
 
 Run alone on the machine: ``python bench/bench_attention.py --threads 2`` (about 3 minutes on
 the 2-core CPU); results in ``bench/results/attention/attention.csv`` and ``README.md``.

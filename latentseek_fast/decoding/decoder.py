@@ -15,7 +15,7 @@ A decoder holds rows (token streams), each with its own cached positions, and fe
   ``source``'s (prompts that share a prefix, like the four verifier prompts of one answer, pay
   for it once);
 - ``step_cost(widths)``: what a step that feeds rows ``widths`` tokens each costs, in fed
-  positions (``drafts.forward_cost``), as the decoder would run it (the cost model of drafts);
+  positions (``drafts.ForwardCost``), as the decoder would run it (the cost model of drafts);
 - ``long_feed``: feeds longer than this are long (a prompt); a drafting row keeps its feed
   within it, so that drafts never make a row's feed long.
 
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .drafts import forward_cost, forward_positions, row_positions
+from .drafts import forward_cost_of
 from .model import cache_length, hidden_states, lm_head_of, new_cache, truncate_cache
 
 # Feeds longer than this many tokens are long (``Decoder.long_feed``): HFDecoder may run them
@@ -64,7 +64,7 @@ class Decoder:
 
     def step_cost(self, widths: Sequence[int]) -> float:
         """What ``step`` would cost for fed rows of these feed widths, in fed positions, run as the
-        decoder would run it (``drafts.forward_cost`` per forward)."""
+        decoder would run it (``drafts.ForwardCost.forward`` per forward)."""
         raise NotImplementedError
 
 
@@ -80,8 +80,7 @@ class CacheDecoder(Decoder):
         head = lm_head_of(model)  # validates: a causal LM with a backbone
         self.model = model
         self.device = head.weight.device
-        self.fixed_cost = forward_positions(self.device)
-        self.row_cost, self.multi_cost = row_positions(self.device)
+        self.costs = forward_cost_of(self.device)
         self.cache = new_cache(model) if cache is None else cache
         self.live = False
         self.forwards = 0  # backbone calls (for benchmarks and tests)
@@ -103,8 +102,7 @@ class CacheDecoder(Decoder):
         return cache_length(self.cache)
 
     def step_cost(self, widths: Sequence[int]) -> float:
-        costs = (self.fixed_cost, self.row_cost, self.multi_cost)
-        return sum(forward_cost(1, w, *costs) for w in widths)  # one call per row fed
+        return sum(self.costs.forward(1, w) for w in widths)  # one call per row fed
 
     def rollback(self, row: int, length: int) -> None:
         n = self.length(row)

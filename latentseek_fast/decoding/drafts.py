@@ -25,6 +25,7 @@ The forward that verifies the drafts, and the acceptance, are ``rows.advance``'s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -48,48 +49,43 @@ BACKOFF_MAX = 64
 # padding every row pays for the widest feed, are not computed for nothing. The tokens are the
 # same either way; only the number and size of the forwards change. (The names live in config.)
 
-# The cost of a forward, in units of one fed position's compute: ``fixed`` per forward (reading
-# the weights, launching the layers), ``row`` per row it computes (attending to the row's cache,
-# its share of the head), ``multi`` more per row when rows are fed more than one token (attention
-# then runs its many-query path), and one per position, padding included. Fitted (least squares
-# on relative error, 10 % mean error) to bench/results/attention/ (SmolLM2 fp32, 2-core AMD EPYC,
-# 2 threads, 1 / 16 / 64 rows x 1-16 tokens over 100-400 cached positions, after ``attention``
-# dropped the key copy): ~71 ms per forward + 1.09 ms per row (1.90 when fed several tokens)
-# + 1.65 ms per position; e.g. 64 rows over 300 cached positions: 244 ms for 1 token a row, 409
-# for 2. The cache length (100-400) made no difference the noise did not hide.
-CPU_FORWARD_POSITIONS = 43.0
-CPU_ROW_POSITIONS = 0.66
-CPU_MULTI_POSITIONS = 0.49
+
+@dataclass(frozen=True)
+class ForwardCost:
+    """The cost of a forward, in units of one fed position's compute: ``fixed`` per forward
+    (reading the weights, launching the layers), ``row`` per row it computes (attending to the
+    row's cache, its share of the head), ``multi`` more per row when rows are fed more than one
+    token (attention then runs its many-query path), and one per position, padding included."""
+
+    fixed: float
+    row: float = 0.0
+    multi: float = 0.0
+
+    def forward(self, rows: int, width: int) -> float:
+        """One forward over ``rows`` rows padded to ``width`` tokens, in fed positions."""
+        return self.fixed + rows * (self.row + (self.multi if width > 1 else 0.0) + width)
+
+
+# Fitted (least squares on relative error, 10 % mean error) to bench/results/attention/ (SmolLM2
+# fp32, 2-core AMD EPYC, 2 threads, 1 / 16 / 64 rows x 1-16 tokens over 100-400 cached positions,
+# after ``attention`` dropped the key copy): ~71 ms per forward + 1.09 ms per row (1.90 when fed
+# several tokens) + 1.65 ms per position; e.g. 64 rows over 300 cached positions: 244 ms for 1
+# token a row, 409 for 2. The cache length (100-400) made no difference the noise did not hide.
+CPU_FORWARD_COST = ForwardCost(fixed=43.0, row=0.66, multi=0.49)
 # A GPU forward stays bound by reading the weights up to about the roofline's ridge point: on an
 # H200, ~790 TFLOP/s of bf16 matrix work over 4.8 TB/s is ~165 FLOP per byte, i.e. ~165 positions
 # per forward for 2-byte weights at 2 FLOP per weight and position (not yet measured end to end);
 # the per-row terms are not measured either (0).
-GPU_FORWARD_POSITIONS = 160.0
-GPU_ROW_POSITIONS = 0.0
-GPU_MULTI_POSITIONS = 0.0
+GPU_FORWARD_COST = ForwardCost(fixed=160.0)
 
 # Decay of a row's acceptance counts at each forward it drafts in: the estimate follows the row's
 # recent text (a copied stretch, then free text) within a few forwards.
 ACCEPT_DECAY = 0.8
 
 
-def forward_positions(device) -> float:
-    """A forward's fixed cost in fed positions on ``device`` (see ``CPU_FORWARD_POSITIONS``)."""
-    return GPU_FORWARD_POSITIONS if torch.device(device).type == "cuda" else CPU_FORWARD_POSITIONS
-
-
-def row_positions(device) -> tuple[float, float]:
-    """``(row, multi)``: what each row a forward computes adds on ``device``, in fed positions,
-    and what it adds more when the forward feeds several tokens a row (see ``CPU_ROW_POSITIONS``)."""
-    if torch.device(device).type == "cuda":
-        return GPU_ROW_POSITIONS, GPU_MULTI_POSITIONS
-    return CPU_ROW_POSITIONS, CPU_MULTI_POSITIONS
-
-
-def forward_cost(rows: int, width: int, fixed: float, row: float, multi: float) -> float:
-    """One forward over ``rows`` rows padded to ``width`` tokens, in fed positions:
-    ``fixed + rows * (row + (multi if width > 1) + width)``."""
-    return fixed + rows * (row + (multi if width > 1 else 0.0) + width)
+def forward_cost_of(device) -> ForwardCost:
+    """The ``ForwardCost`` of ``device`` (``CPU_FORWARD_COST``, ``GPU_FORWARD_COST``)."""
+    return GPU_FORWARD_COST if torch.device(device).type == "cuda" else CPU_FORWARD_COST
 
 
 def best_width(drafting: Sequence[tuple[int, float]], *, producing: int, cost: Callable[[int], float]) -> int:

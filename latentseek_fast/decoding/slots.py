@@ -46,7 +46,7 @@ import torch
 from .._util import check_int
 from . import attention
 from .decoder import LONG_FEED, Decoder
-from .drafts import forward_cost, forward_positions, row_positions
+from .drafts import ForwardCost, forward_cost_of
 from .model import cache_keyword, lm_head_of
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -174,9 +174,7 @@ class HFDecoder(Decoder):
         *,
         initial_capacity: int = 256,
         long_feed: int = LONG_FEED,
-        fixed_cost: float | None = None,
-        row_cost: float | None = None,
-        multi_cost: float | None = None,
+        costs: ForwardCost | None = None,
         max_positions: int | None = None,
     ):
         lm_head_of(model)  # validates: a causal LM with a backbone
@@ -206,12 +204,8 @@ class HFDecoder(Decoder):
                 attention.register()
         self.capacity = max(1, int(initial_capacity))
         self.long_feed = int(long_feed)
-        # The cost model (``drafts.forward_cost``) that groups a step's feeds (``plan``) and prices
-        # drafts (``step_cost``).
-        self.fixed_cost = forward_positions(self.device) if fixed_cost is None else float(fixed_cost)
-        row, multi = row_positions(self.device)
-        self.row_cost = row if row_cost is None else float(row_cost)
-        self.multi_cost = multi if multi_cost is None else float(multi_cost)
+        # The cost model that groups a step's feeds (``plan``) and prices drafts (``step_cost``).
+        self.costs = forward_cost_of(self.device) if costs is None else costs
         if max_positions is None:
             max_positions = GPU_MAX_POSITIONS if self.device.type == "cuda" else CPU_MAX_POSITIONS
         self.max_positions = max_positions
@@ -346,10 +340,9 @@ class HFDecoder(Decoder):
     # -- the forward -------------------------------------------------------------------------
     def _forward_cost(self, rows: int, width: int) -> float:
         """A forward (in pieces, ``_chunked``) over ``rows`` rows padded to ``width`` tokens, in
-        fed positions (``drafts.forward_cost``; every piece pays the fixed and per-row costs)."""
+        fed positions (``costs``; every piece pays the fixed and per-row costs)."""
         pieces = -(-width // max(1, self.max_positions // rows))
-        extra = (pieces - 1) * forward_cost(rows, 0, self.fixed_cost, self.row_cost, self.multi_cost)
-        return extra + forward_cost(rows, width, self.fixed_cost, self.row_cost, self.multi_cost)
+        return (pieces - 1) * (self.costs.fixed + rows * self.costs.row) + self.costs.forward(rows, width)
 
     def plan(self, widths: Sequence[int]) -> tuple[list[int], float]:
         """How ``step`` runs fed rows of these feed widths: ``(cuts, cost)``. The rows are grouped

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentseek_fast.decoding import attention
+from latentseek_fast.decoding.drafts import ForwardCost
 from latentseek_fast.decoding.model import hidden_states, new_cache
 from latentseek_fast.decoding.slots import HFDecoder
 
@@ -101,10 +102,9 @@ def _brute_force(dec: HFDecoder, widths: list[int]) -> float:
             for g, end in enumerate(ends):
                 rows = len(widths) if g == 0 else sum(low < w <= end for w in widths)
                 pieces = -(-end // max(1, dec.max_positions // rows))
-                per_row = dec.row_cost + (dec.multi_cost if end > 1 else 0.0)
-                cost += pieces * (dec.fixed_cost + rows * dec.row_cost) + rows * (
-                    per_row - dec.row_cost + end
-                )
+                c = dec.costs
+                multi = c.multi if end > 1 else 0.0
+                cost += pieces * (c.fixed + rows * c.row) + rows * (multi + end)
                 low = end
             best = min(best, cost)
     return best
@@ -121,7 +121,8 @@ def _brute_force(dec: HFDecoder, widths: list[int]) -> float:
 def test_plan_is_the_cheapest_grouping(llama64, widths, fixed, row, multi, max_positions):
     """Random feed widths: ``plan``'s cost is the cheapest grouping's, and its cuts are widths
     fed, ending at the widest."""
-    dec = HFDecoder(llama64, fixed_cost=fixed, row_cost=row, multi_cost=multi, max_positions=max_positions)
+    costs = ForwardCost(fixed=fixed, row=row, multi=multi)
+    dec = HFDecoder(llama64, costs=costs, max_positions=max_positions)
     cuts, cost = dec.plan(widths)
     assert cuts == sorted(set(cuts)) and set(cuts) <= set(widths) and cuts[-1] == max(widths)
     assert cost == pytest.approx(_brute_force(dec, widths), rel=1e-9)

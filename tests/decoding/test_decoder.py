@@ -23,7 +23,7 @@ def test_steps_and_rollback_equal_full_forwards(arch, window):
     torch.testing.assert_close(torch.cat(out), _full(model, seq), rtol=0, atol=1e-12)
     assert dec.length(row) == 12 and dec.forwards == 3
     # one forward of one row of 3 tokens
-    assert dec.step_cost([3]) == dec.fixed_cost + dec.row_cost + dec.multi_cost + 3
+    assert dec.step_cost([3]) == dec.costs.fixed + dec.costs.row + dec.costs.multi + 3
     dec.rollback(row, 2)  # past the window of 4
     torch.testing.assert_close(
         dec.step({row: [9, 9]})[row], _full(model, seq[:2] + [9, 9])[2:], rtol=0, atol=1e-12

@@ -14,14 +14,11 @@ from hypothesis import strategies as st
 from latentseek_fast.decoding.decoder import CacheDecoder
 from latentseek_fast.decoding.drafts import (
     BACKOFF_MAX,
-    CPU_FORWARD_POSITIONS,
-    CPU_MULTI_POSITIONS,
-    CPU_ROW_POSITIONS,
-    GPU_FORWARD_POSITIONS,
+    CPU_FORWARD_COST,
+    GPU_FORWARD_COST,
     DraftPool,
     DraftRow,
     best_width,
-    forward_cost,
 )
 from latentseek_fast.decoding.greedy import greedy
 from latentseek_fast.decoding.rows import DecodeStats
@@ -291,15 +288,14 @@ def test_best_width_cases():
     assert best_width([(8, 0.5)], producing=1, cost=block(1, 5)) == 3  # (1 + .5 + .25) / (5 + 3)
     assert best_width([(8, 0.5)] * 16, producing=16, cost=block(16, 5)) == 1  # a wide block
     assert best_width([(8, 0.9)] * 16, producing=16, cost=block(16, 5)) < 5
-    gpu = block(16, GPU_FORWARD_POSITIONS)
+    gpu = block(16, GPU_FORWARD_COST.fixed)
     assert best_width([(8, 0.9)] * 16, producing=16, cost=gpu) == 9  # reading weights dominates
     assert best_width([(3, 0.1)], producing=2, cost=block(2, 5, floor=6)) == 4  # padding is free: all 3
     assert best_width([], producing=3, cost=block(3, 5, floor=4)) == 1
-    # this CPU's measured model (``CPU_*``, ``forward_cost``): 64 rows x w tokens cost 43 + 64 x
+    # this CPU's measured model (``CPU_FORWARD_COST``): 64 rows x w tokens cost 43 + 64 x
     # (0.66 + 0.49 [w > 1] + w) positions, so a second token per row pays only when it is accepted
     # with chance > ~0.64
-    costs = (CPU_FORWARD_POSITIONS, CPU_ROW_POSITIONS, CPU_MULTI_POSITIONS)
-    cpu = lambda w: forward_cost(64, w, *costs)  # noqa: E731
+    cpu = lambda w: CPU_FORWARD_COST.forward(64, w)  # noqa: E731
     assert best_width([(8, 0.60)] * 64, producing=64, cost=cpu) == 1
     assert best_width([(8, 0.65)] * 64, producing=64, cost=cpu) == 2
     assert best_width([(8, 0.70)] * 64, producing=64, cost=cpu) == 3

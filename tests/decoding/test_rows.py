@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_model
 
 from latentseek_fast.decoding.decoder import CacheDecoder
-from latentseek_fast.decoding.drafts import GPU_FORWARD_POSITIONS, DraftPool
+from latentseek_fast.decoding.drafts import GPU_FORWARD_COST, DraftPool
 from latentseek_fast.decoding.greedy import greedy
 from latentseek_fast.decoding.rows import DecodeStats, Row, accept, advance, run
 from latentseek_fast.decoding.slots import HFDecoder
@@ -99,7 +99,7 @@ def test_advance_over_many_rows_equals_each_row_alone(model64, policy):
         (prompts[2], frozenset(), 17, [prompts[2] + corrupt]),
         (prompts[3], frozenset(), 11, None),
     ]
-    dec = HFDecoder(model64, initial_capacity=8, fixed_cost=GPU_FORWARD_POSITIONS)
+    dec = HFDecoder(model64, initial_capacity=8, costs=GPU_FORWARD_COST)
     tokens = []
     rows = _rows(model64, dec, specs, tokens)
     finished = []

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from latentseek_fast.decoding.drafts import ForwardCost
 from latentseek_fast.decoding.model import hidden_states, new_cache
 from latentseek_fast.decoding.slots import GROW_COLUMNS, HFDecoder, slot_support
 
@@ -43,9 +44,7 @@ def test_decoder_step_equals_per_row_decoding(llama64, mode):
         model,
         initial_capacity=4,
         long_feed=2,
-        fixed_cost=0.0 if split else 1e9,  # every width apart, or one group
-        row_cost=0.0,
-        multi_cost=0.0,
+        costs=ForwardCost(fixed=0.0 if split else 1e9),  # every width apart, or one group
         max_positions=6 if mode == "in-pieces" else None,
     )
     a, b, c = (dec.add_row() for _ in range(3))
