@@ -33,10 +33,13 @@ tokens, writes outside bench/results unless ``--out`` says so).
 
 Scaling run (``--scaling``, results ``scaling.csv``): the first 64 problems at 16, 32 and 64
 seeks in flight and ``batch_size="auto"``, each with both draft policies (``batch16`` ...
-``batchauto-cost``), and the baseline ``seq-nodraft`` on the first ``--baseline-limit`` (16) of
-them. Its ``speedup`` compares problems per hour (the baseline's over its 16 problems); its
-agreement columns compare with the baseline on those 16 (``same_answers``, ``same_rewards``)
-and with ``batch16`` of the same policy on all 64 (``same_as_batch16``).
+``batchauto-cost``), the baseline ``seq-nodraft`` on the first ``--baseline-limit`` (16) of
+them, and ``seq-draft`` (sequential ``seek``, drafts on, exact) on all 64 as the reference
+answers. Its ``speedup`` compares problems per hour (the baseline's over its 16 problems); its
+agreement columns compare with the baseline on those 16 (``same_answers``, ``same_rewards``),
+with sequential ``seek`` on all 64 (``same_as_seq``: answers and reward histories both,
+``seq_near_ties``, ``seq_diffs`` explained as above) and with ``batch16`` of the same policy on
+all 64 (``same_as_batch16``). About 2 hours on a quiet 2-core CPU (``seq-draft`` ~35 minutes).
 ``python bench/plot.py`` draws problems per hour against the batch size.
 """
 
@@ -62,6 +65,8 @@ from latentseek_fast.prompts import build_prompt  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 DATA_NAME = "gsm8k_test.jsonl"
 BASELINE = "seq-nodraft"
+# ``--scaling``: the sequential reference every batched configuration's answers are compared with
+SEQ_REFERENCE = "seq-draft"
 # name -> (batch size or None for sequential seek, draft policy or None for drafts off)
 CONFIGS = {
     "seq-nodraft": (None, None),
@@ -99,6 +104,8 @@ COLUMNS = [
     "reused",
     "same_answers",
     "same_rewards",
+    "same_as_seq",
+    "seq_near_ties",
     "same_as_batch16",
     "near_ties",
     "load1_before",
@@ -208,14 +215,20 @@ def summarise(name, results, wall, base, model, tok, problems, load, size) -> di
         row["speedup"] = row["problems_per_hour"] / (3600.0 * len(base_results) / base_wall)
         row["same_answers"] = sum(a.answer == b.answer for a, b in zip(base_results, results))
         row["same_rewards"] = sum(a.rewards == b.rewards for a, b in zip(base_results, results))
-        diffs = [
-            f"p{i}: {explain_diff(model, tok, problems[i], a, b)}"
-            for i, (a, b) in enumerate(zip(base_results, results))
-            if a.answer != b.answer or a.rewards != b.rewards
-        ]
+        diffs = differences(model, tok, problems, base_results, results)
         row["near_ties"] = sum(d.endswith(" tie") for d in diffs)
         row["diffs"] = "; ".join(diffs)
     return row
+
+
+def differences(model, tok, problems, reference: list, results: list) -> list[str]:
+    """``p<i>: <explain_diff>`` for each problem whose final answer or reward history differs
+    from ``reference``'s (compared over the shorter of the two lists)."""
+    return [
+        f"p{i}: {explain_diff(model, tok, problems[i], a, b)}"
+        for i, (a, b) in enumerate(zip(reference, results))
+        if a.answer != b.answer or a.rewards != b.rewards
+    ]
 
 
 def parse_configs(text: str, ap) -> list[str]:
@@ -242,7 +255,8 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--scaling",
         action="store_true",
-        help="the scaling run: --limit 64, the batch16..batchauto(-cost) configs, baseline on the first 16",
+        help="the scaling run: --limit 64, the batch16..batchauto(-cost) configs, baseline on the first 16, "
+        "sequential seek with drafts on all 64 as the reference answers",
     )
     ap.add_argument("--baseline-limit", type=int, default=16, help="--scaling: the baseline's problems")
     args = ap.parse_args(argv)
@@ -250,7 +264,7 @@ def main(argv=None) -> None:
         if args.limit == 16:
             args.limit = 64
         if args.configs == ",".join(CONFIGS):
-            args.configs = ",".join([BASELINE, *SCALING])
+            args.configs = ",".join([BASELINE, SEQ_REFERENCE, *SCALING])
     else:
         args.baseline_limit = args.limit
     if args.quick:
@@ -292,6 +306,12 @@ def main(argv=None) -> None:
             row["same_as_batch16"] = sum(
                 a.answer == b.answer and a.rewards == b.rewards for a, b in zip(first, results)
             )
+        reference = by_name.get(SEQ_REFERENCE)
+        if args.scaling and reference is not None and CONFIGS[name][0] is not None:
+            diffs = differences(model, tok, problems, reference, results)
+            row["same_as_seq"] = len(results) - len(diffs)
+            row["seq_near_ties"] = sum(d.endswith(" tie") for d in diffs)
+            row["seq_diffs"] = "; ".join(diffs)
         by_name[name] = results
         row.update(
             max_steps=args.max_steps,
@@ -309,6 +329,8 @@ def main(argv=None) -> None:
     for r in rows:
         if r.get("diffs"):
             print(f"{r['config']} differs: {r['diffs']}")
+        if r.get("seq_diffs"):
+            print(f"{r['config']} differs from {SEQ_REFERENCE}: {r['seq_diffs']}")
     print(f"wrote {write_rows(out, rows)}")
 
 

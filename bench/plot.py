@@ -81,6 +81,8 @@ SPECS = {
             "tokens_per_forward",
             "same_answers",
             "same_rewards",
+            "same_as_seq",
+            "seq_near_ties",
             "same_as_batch16",
             "load1_before",
             "load1_after",
