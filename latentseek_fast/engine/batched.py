@@ -47,11 +47,11 @@ from .sequential import check_on_event, decode_options, problem_parts, tie_gap_o
 
 AUTO = "auto"
 # The most decoder rows ``batch_size="auto"`` keeps in flight. CPU: the scaling run
-# (bench/results/scaling.csv: 64 GSM8K problems, 2-core AMD EPYC) gave 417 / 472 / 637 problems per
-# hour at 16 / 32 / 64 in flight (cost policy); beyond that a step's per-row work (attention over
-# the row's cache, its logits) dominates (bench/results/attention/: one token for 64 rows 244-283
-# ms, for 16 rows 93-134 ms). GPU: not measured yet; an H100's GEMMs stay weight-bound up to a
-# few hundred rows, so 256.
+# (bench/results/scaling.csv: 64 GSM8K problems, 2-core AMD EPYC, commit 4bb8f57) gave
+# 449 / 581 / 692 problems per hour at 16 / 32 / 64 in flight (cost policy); beyond that a
+# step's per-row work (attention over the row's cache, its logits) dominates
+# (bench/results/attention/: one token for 64 rows 244-283 ms, for 16 rows 93-134 ms).
+# GPU: not measured yet; an H100's GEMMs stay weight-bound up to a few hundred rows, so 256.
 CPU_AUTO_ROWS = 64
 GPU_AUTO_ROWS = 256
 # ``batch_size="auto"`` gives the KV store at most this fraction of the memory free when the run
