@@ -38,6 +38,7 @@ memory.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 
@@ -216,6 +217,9 @@ class HFDecoder(Decoder):
         self.forwards = 0  # forwards run (for benchmarks)
         self.row_steps = 0  # rows computed, summed over forwards (for benchmarks)
         self.moves = 0  # rows moved between slots (for benchmarks)
+        # None, or a list that each forward appends ``(perf_counter at its start, seconds, slots
+        # computed, width, rows fed, tokens fed)`` to (for benchmarks: bench/bench_occupancy.py)
+        self.trace: list[tuple[float, float, int, int, int, int]] | None = None
 
     # -- rows --------------------------------------------------------------------------------
     def add_row(self) -> int:
@@ -458,12 +462,16 @@ class HFDecoder(Decoder):
         slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
         kv = _SlotKV(lengths, width, kv_len, self.store, slot_t, every_slot)
         gqa = self.attn_config is not None
+        t0 = time.perf_counter()
         with attention.attention_of(self.attn_config, attention.NAME) if gqa else nullcontext():
             out = self.backbone(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kw: kv}
             )[0]
         self.forwards += 1
         self.row_steps += n
+        if self.trace is not None:
+            fed = sum(len(t) for t in feeds.values())
+            self.trace.append((t0, time.perf_counter() - t0, n, width, len(feeds), fed))
         result = {}
         for row, toks in feeds.items():
             k = len(toks)

@@ -131,7 +131,8 @@ def test_plan_is_the_cheapest_grouping(llama64, widths, fixed, row, multi, max_p
 
 def test_one_wide_feed_does_not_widen_the_others(llama64):
     """11 rows feed one token, one row a 9-token prefix: at this CPU's cost model the wide row
-    runs apart (not 12 x 9 positions), and every latent equals its tokens decoded alone."""
+    runs apart (not 12 x 9 positions), and every latent equals its tokens decoded alone; the
+    decoder's trace records both forwards."""
     dec = HFDecoder(llama64)
     assert dec.plan([1, 1, 1, 2])[0] == [2]  # a forward costs more than padding 3 rows by one
     assert dec.plan([1] * 11 + [9])[0] == [1, 9]
@@ -142,8 +143,14 @@ def test_one_wide_feed_does_not_widen_the_others(llama64):
     wide = torch.randint(0, 49152, (9,), generator=g).tolist()
     feeds = {r: [7] for r in rows[:-1]} | {rows[-1]: wide}
     before = (dec.forwards, dec.row_steps)
+    dec.trace = []
     out = dec.step(feeds)
     assert (dec.forwards - before[0], dec.row_steps - before[1]) == (2, 12 + 1)
+    # the benchmarks' trace: (start, seconds, slots computed, width, rows fed, tokens fed) per
+    # forward; the first computes all 12 slots (the wide row's as masked padding) one token wide
+    assert [t[2:] for t in dec.trace] == [(12, 1, 11, 11), (1, 9, 1, 9)]
+    (start0, took0, *_), (start1, took1, *_) = dec.trace
+    assert took0 > 0 and took1 > 0 and start1 >= start0 + took0
     for r in rows:
         with torch.no_grad():
             alone = hidden_states(llama64, torch.tensor([first[r] + feeds[r]]), new_cache(llama64))[0]
