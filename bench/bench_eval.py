@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import bench_device, markdown_table, write_rows  # noqa: E402
+from harness import bench_device, check_at_least, markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, seek  # noqa: E402
 from latentseek_fast.app.data import load_problems  # noqa: E402
@@ -89,6 +89,8 @@ CONFIGS = {
 # ``--scaling``: these configurations (and the baseline on the first --baseline-limit problems)
 SCALING = ["batch16", "batch32", "batch64", "batchauto"]
 SCALING = SCALING + [f"{c}-cost" for c in SCALING]
+# the smallest value each integer option takes (bench_occupancy.py shares them)
+MINIMUMS = {"limit": 1, "threads": 1, "max_steps": 0, "max_new_tokens": 1, "draft_tokens": 1}
 # Below this top-2 logit gap (fp32) a different token is a rounding-order near-tie, not a bug.
 NEAR_TIE = 1e-4
 COLUMNS = [
@@ -270,17 +272,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.limit, args.max_steps, args.max_new_tokens = min(args.limit, 2), 1, 24
         args.baseline_limit = min(args.baseline_limit, args.limit)
-    for name, lo in (
-        ("limit", 1),
-        ("threads", 1),
-        ("max_steps", 0),
-        ("max_new_tokens", 1),
-        ("draft_tokens", 1),
-        ("baseline_limit", 1),
-    ):
-        v = getattr(args, name)
-        if v < lo:
-            ap.error(f"--{name.replace('_', '-')} {v}: expected an integer >= {lo}")
+    check_at_least(ap, args, MINIMUMS | {"baseline_limit": 1})
     configs = parse_configs(args.configs, ap)
     data = find_data(args.data)
     if not data.is_file():

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_eval import CONFIGS, find_data  # noqa: E402
-from harness import bench_device, env_info, markdown_table, write_rows  # noqa: E402
+from bench_eval import CONFIGS, MINIMUMS, find_data  # noqa: E402
+from harness import bench_device, check_at_least, env_info, markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, seek  # noqa: E402
 from latentseek_fast.app.data import load_problems  # noqa: E402
@@ -151,15 +151,7 @@ def main(argv=None) -> None:
     bad = [c for c in names if c not in batched]
     if not names or bad:
         ap.error(f"--configs {args.configs!r}: expected comma-separated names of {batched}")
-    for name, lo in (
-        ("limit", 1),
-        ("threads", 1),
-        ("max_steps", 0),
-        ("max_new_tokens", 1),
-        ("draft_tokens", 1),
-    ):
-        if getattr(args, name) < lo:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= {lo}")
+    check_at_least(ap, args, MINIMUMS)
     if args.quick:
         args.limit, args.max_steps, args.max_new_tokens = min(args.limit, 2), 1, 24
     out = Path(args.out or ("/tmp/latentseek-bench-quick/occupancy" if args.quick else OUT))

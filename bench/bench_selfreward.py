@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval import find_data  # noqa: E402
-from harness import RESULTS, bench_device, env_info, markdown_table, write_rows  # noqa: E402
+from harness import RESULTS, bench_device, check_at_least, env_info, markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig, seek  # noqa: E402
 from latentseek_fast.app.data import load_problems  # noqa: E402
@@ -182,10 +182,7 @@ def main(argv=None) -> None:
         caps = []
     if not caps or min(caps) < 1:
         ap.error(f"--caps {args.caps!r}: expected comma-separated integers >= 1")
-    for name, lo in (("limit", 1), ("threads", 1), ("max_steps", 0), ("max_new_tokens", 1)):
-        v = getattr(args, name)
-        if v < lo:
-            ap.error(f"--{name.replace('_', '-')} {v}: expected an integer >= {lo}")
+    check_at_least(ap, args, {"limit": 1, "threads": 1, "max_steps": 0, "max_new_tokens": 1})
     if args.budget < 0:
         ap.error(f"--budget {args.budget}: expected seconds >= 0 (0: no budget)")
     data = find_data(args.data)

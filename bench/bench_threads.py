@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import markdown_table, time_fn, write_rows  # noqa: E402
+from harness import check_at_least, markdown_table, time_fn, write_rows  # noqa: E402
 
 from latentseek_fast.app.models import load_model  # noqa: E402
 from latentseek_fast.decoding.model import cache_keyword, lm_head_of, new_cache, truncate_cache  # noqa: E402
@@ -82,9 +82,7 @@ def main(argv=None) -> None:
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"--shapes: {s!r} is not one of {list(SHAPES)}")
-    for name in ("context", "repeats", "rounds"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} {getattr(args, name)}: expected an integer >= 1")
+    check_at_least(ap, args, {"context": 1, "repeats": 1, "rounds": 1})
 
     model, _ = load_model()
     fns = {s: make_forward(model, *SHAPES[s], args.context) for s in shapes}

@@ -67,7 +67,7 @@ if not torch.cuda.is_available():  # before anything imports triton: its kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval import find_data  # noqa: E402
-from harness import RESULTS, bench_device, markdown_table, write_rows  # noqa: E402
+from harness import RESULTS, bench_device, check_at_least, markdown_table, write_rows  # noqa: E402
 
 from latentseek_fast import SeekConfig  # noqa: E402
 from latentseek_fast.app.data import load_problems  # noqa: E402
@@ -484,9 +484,7 @@ def main(argv=None) -> None:
         args.problems, args.tokens, args.batch, args.triton_rows, args.triton_vocab = 1, 8, 2, 1, 128
         args.dtypes = args.dtypes or "fp32"
     args.dtypes = args.dtypes or "fp32,bf16"
-    for name, lo in (("problems", 1), ("tokens", 2), ("triton_rows", 1), ("triton_vocab", 2 * K)):
-        if getattr(args, name) < lo:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= {lo}")
+    check_at_least(ap, args, {"problems": 1, "tokens": 2, "triton_rows": 1, "triton_vocab": 2 * K})
     if args.batch < args.problems:
         ap.error(f"--batch {args.batch}: expected at least --problems ({args.problems})")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

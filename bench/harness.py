@@ -284,6 +284,15 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return head + "".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
+def check_at_least(parser, args, minimums: dict[str, int]) -> None:
+    """A parser error naming the option and its value for the first ``args.<name>`` below
+    ``minimums[name]`` (``max_steps`` is ``--max-steps``)."""
+    for name, lo in minimums.items():
+        v = getattr(args, name)
+        if v < lo:
+            parser.error(f"--{name.replace('_', '-')} {v}: expected an integer >= {lo}")
+
+
 def bench_device(parser, device: str, threads: int | None) -> torch.device:
     """The ``torch.device`` for a bench's ``--device``/``--threads`` (a parser error without CUDA)."""
     if device == "cuda" and not torch.cuda.is_available():

@@ -1,8 +1,10 @@
-"""``bench/bench_occupancy.py``'s accounting on a hand-made trace (the benchmark itself runs for
-minutes; what it reports must add up)."""
+"""Bench helpers that run in seconds: ``bench/bench_occupancy.py``'s accounting on a hand-made
+trace (the benchmark itself runs for minutes; what it reports must add up) and the benches'
+option checks (``harness.check_at_least``)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_occupancy as occ  # noqa: E402
+import harness  # noqa: E402
 
 
 def test_bands_cover_every_row_count_once():
@@ -47,3 +50,12 @@ def test_head_clock_times_the_module_until_removed():
     clock.remove()
     head(torch.ones(2, 8))
     assert clock.seconds == timed
+
+
+def test_check_at_least_names_the_first_option_below_its_minimum(capsys):
+    ap = argparse.ArgumentParser(prog="b")
+    ok = argparse.Namespace(limit=1, max_steps=0)
+    harness.check_at_least(ap, ok, {"limit": 1, "max_steps": 0})  # at the minimums: no error
+    with pytest.raises(SystemExit):
+        harness.check_at_least(ap, argparse.Namespace(limit=3, max_steps=-1), {"limit": 1, "max_steps": 0})
+    assert "b: error: --max-steps -1: expected an integer >= 0" in capsys.readouterr().err
