@@ -56,7 +56,9 @@ def band_of(rows: int) -> str:
 
 
 class HeadClock:
-    """Seconds spent in ``module``'s forward calls (pre- and post-forward hooks)."""
+    """Seconds spent in ``module``'s forward calls (pre- and post-forward hooks). On the engine's
+    LM head this is decoding's logits only: the latent step's fused backends (``auto`` on a CPU
+    resolves to ``torch``) read the head's weight without calling the module."""
 
     def __init__(self, module):
         self.seconds, self._t0 = 0.0, 0.0
